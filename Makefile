@@ -1,0 +1,30 @@
+# llray: `make demo` runs the quickstart job on an embedded local Ray; `make test` runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Ray binds to 127.0.0.1 only (as on macOS) when this is 0; see README "Security".
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+# constraints.txt pins a CPU-sized torch for development; pyproject keeps a range for GPUs.
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/llray run jobs/quickstart.yaml --output results/quickstart
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+bench: $(STAMP)
+	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) results .pytest_cache
