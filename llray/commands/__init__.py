@@ -1,0 +1,1 @@
+"""One module per ``llray`` subcommand; each checks all input before starting work."""

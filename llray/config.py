@@ -1,0 +1,265 @@
+"""Experiment configs: YAML -> :class:`ExperimentConfig` -> one :class:`RunSpec` per run.
+
+A config names one task stream, one model, the training settings and a grid of
+strategies × seeds × orders. Every field is checked before any work starts; a wrong one
+raises :class:`~llray.errors.ConfigError` naming it and what is allowed.
+
+Example YAML::
+
+    experiment: quickstart
+    stream: {dataset: digits, kind: permuted, num_tasks: 5}
+    model: {name: mlp, hidden: [100, 100]}
+    train: {epochs: 2, batch_size: 32, lr: 0.05}
+    strategies: [naive, {name: ewc, lambda_: 1000}, joint]
+    seeds: [0, 1, 2]
+    orders: [identity, "random:2"]
+
+Example:
+    >>> cfg = parse_config({"experiment": "x", "strategies": ["naive"]})
+    >>> [s.strategy.name for s in cfg.runs()]
+    ['naive']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from llray.config_base import from_dict, require
+from llray.data import StreamConfig
+from llray.errors import ConfigError
+from llray.models import ModelConfig
+from llray.strategies import TrainConfig, check_scenario, make_config
+
+TOP_LEVEL = (
+    "experiment",
+    "stream",
+    "model",
+    "train",
+    "strategies",
+    "seeds",
+    "orders",
+    "resources",
+    "checkpoint",
+)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What each run's Ray actor asks for; fractional GPUs pack runs on one card."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(self.num_cpus > 0, "num_cpus", f"must be > 0, got {self.num_cpus}")
+        require(self.num_gpus >= 0, "num_gpus", f"must be >= 0, got {self.num_gpus}")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Where and how runs checkpoint after each task (see the distributed layer)."""
+
+    path: str | None = None  # None: OUTPUT/checkpoints; or any pyarrow.fs URI
+    max_retries: int = 3  # restarts of a run whose actor or node died
+
+    def __post_init__(self) -> None:
+        require(self.max_retries >= 0, "max_retries", f"must be >= 0, got {self.max_retries}")
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """One strategy entry of the grid: its registered name, parameters and label."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+    label: str = ""
+
+    @property
+    def display(self) -> str:
+        """The name that results and tables use (``label`` if given)."""
+        return self.label or self.name
+
+    def config(self) -> Any:
+        return make_config(self.name, dict(self.params))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One lifelong run: everything that determines its R, plus its resources."""
+
+    experiment: str
+    stream: StreamConfig
+    model: ModelConfig
+    train: TrainConfig
+    strategy: StrategySpec
+    seed: int
+    order: tuple[int, ...]
+    resources: Resources = field(default_factory=Resources)
+
+    def config_dict(self) -> dict[str, Any]:
+        """JSON-able description of the work (resources excluded: same work anywhere)."""
+        return {
+            "experiment": self.experiment,
+            "stream": asdict(self.stream),
+            "model": asdict(self.model),
+            "train": asdict(self.train),
+            "strategy": {"name": self.strategy.name, "label": self.strategy.display,
+                         **asdict(self.strategy.config())},
+            "seed": self.seed,
+            "order": list(self.order),
+        }
+
+    @property
+    def run_id(self) -> str:
+        """A stable hash of :meth:`config_dict`: names the same work on any machine."""
+        text = json.dumps(self.config_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A parsed, checked experiment config; :meth:`runs` expands its grid."""
+
+    experiment: str
+    stream: StreamConfig
+    model: ModelConfig
+    train: TrainConfig
+    strategies: tuple[StrategySpec, ...]
+    seeds: tuple[int, ...]
+    orders: tuple[tuple[int, ...], ...]
+    resources: Resources
+    checkpoint: CheckpointConfig
+
+    def runs(self) -> list[RunSpec]:
+        """The grid strategies × seeds × orders, in that nesting."""
+        return [
+            RunSpec(self.experiment, self.stream, self.model, self.train, s, seed, order,
+                    self.resources)
+            for s in self.strategies
+            for seed in self.seeds
+            for order in self.orders
+        ]
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and check a YAML experiment config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config", f"file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError("config", f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError("config", f"{path} must hold a mapping of sections")
+    data = dict(data)
+    data.setdefault("experiment", path.stem)
+    return parse_config(data)
+
+
+def parse_config(data: Mapping[str, Any]) -> ExperimentConfig:
+    """Check a config mapping (as from YAML) and build the :class:`ExperimentConfig`."""
+    for key in data:
+        if key not in TOP_LEVEL:
+            raise ConfigError(str(key), f"unknown section; allowed: {', '.join(TOP_LEVEL)}")
+    experiment = _experiment_name(data.get("experiment", "default"))
+    stream = from_dict(StreamConfig, _section(data, "stream"), "stream")
+    model = from_dict(ModelConfig, _section(data, "model"), "model")
+    train = from_dict(TrainConfig, _section(data, "train"), "train")
+    strategies = parse_strategies(data.get("strategies"), stream.scenario_name)
+    return ExperimentConfig(
+        experiment=experiment,
+        stream=stream,
+        model=model,
+        train=train,
+        strategies=strategies,
+        seeds=_seeds(data.get("seeds", [0])),
+        orders=parse_orders(data.get("orders", ["identity"]), stream.num_tasks, stream.seed),
+        resources=from_dict(Resources, _section(data, "resources"), "resources"),
+        checkpoint=from_dict(CheckpointConfig, _section(data, "checkpoint"), "checkpoint"),
+    )
+
+
+def _section(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = data.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"must be a mapping of fields, got {value!r}")
+    return value
+
+
+def _experiment_name(value: Any) -> str:
+    ok = isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.\-]+", value) is not None
+    require(ok, "experiment", f"must be a name of letters, digits, '_', '-', '.', got {value!r}")
+    return value
+
+
+def _seeds(value: Any) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    ok = isinstance(value, list) and len(value) > 0
+    ok = ok and all(isinstance(s, int) and not isinstance(s, bool) for s in value)
+    require(ok, "seeds", f"must be a non-empty list of integers, got {value!r}")
+    require(len(set(value)) == len(value), "seeds", f"has duplicates: {value}")
+    return tuple(value)
+
+
+def parse_strategies(value: Any, scenario: str) -> tuple[StrategySpec, ...]:
+    """Strategy entries: ``name`` or ``{name: ..., label: ..., <fields>}``."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError("strategies", "must be a non-empty list, e.g. [naive, ewc, joint]")
+    specs = []
+    for i, entry in enumerate(value):
+        where = f"strategies[{i}]"
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
+            raise ConfigError(where, f"must be a name or a mapping with 'name', got {entry!r}")
+        params = {k: v for k, v in entry.items() if k not in ("name", "label")}
+        name = entry["name"]
+        make_config(name, params)  # checks name and every field
+        check_scenario(name, scenario)
+        label = str(entry.get("label", ""))
+        specs.append(StrategySpec(name, tuple(sorted(params.items())), label))
+    labels = [s.display for s in specs]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    require(not dupes, "strategies", f"{dupes} appear twice; give each a distinct 'label'")
+    return tuple(specs)
+
+
+def parse_orders(value: Any, num_tasks: int, seed: int) -> tuple[tuple[int, ...], ...]:
+    """``identity``, ``random:K`` (K distinct random orders from ``seed``) or explicit lists."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError("orders", "must be a non-empty list, e.g. [identity, 'random:3']")
+    orders: list[tuple[int, ...]] = []
+    for i, entry in enumerate(value):
+        where = f"orders[{i}]"
+        if entry == "identity":
+            orders.append(tuple(range(num_tasks)))
+        elif isinstance(entry, str) and re.fullmatch(r"random:\d+", entry):
+            orders += _random_orders(int(entry.split(":")[1]), num_tasks, seed)
+        elif isinstance(entry, list):
+            ok = all(isinstance(x, int) for x in entry) and sorted(entry) == list(range(num_tasks))
+            require(ok, where, f"{entry} is not a permutation of the task ids 0..{num_tasks - 1}")
+            orders.append(tuple(entry))
+        else:
+            raise ConfigError(where, f"must be 'identity', 'random:K' or a list, got {entry!r}")
+    return tuple(dict.fromkeys(orders))  # drop repeats, keep first-seen order
+
+
+def _random_orders(k: int, num_tasks: int, seed: int) -> list[tuple[int, ...]]:
+    rng = np.random.default_rng([seed, 0x0DE5])
+    limit = int(np.prod(range(1, num_tasks + 1)))
+    require(k <= limit, "orders", f"random:{k} asks for more orders than the {limit} that exist")
+    seen: dict[tuple[int, ...], None] = {}
+    while len(seen) < k:
+        seen[tuple(int(x) for x in rng.permutation(num_tasks))] = None
+    return list(seen)
