@@ -14,7 +14,20 @@ from llray.distributed.session import connect, loopback_only
 from llray.results import check_writable, finished_run_ids
 
 
-def run_command(args: argparse.Namespace) -> int:
+NAME = "run"
+HELP = "run the strategies x seeds x orders grid of an experiment config on Ray"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="experiment YAML (see jobs/)")
+    p.add_argument("--output", help="results directory (default: results/EXPERIMENT)")
+    p.add_argument("--address", help="Ray cluster address ('auto' inside a Ray job)")
+    p.add_argument("--resume", action="store_true", help="skip runs already in --output")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def execute(args: argparse.Namespace) -> int:
     """Check everything, then run the sweep and print the summary table."""
     cfg = load_config(args.config)
     output = args.output or str(Path("results") / cfg.experiment)
