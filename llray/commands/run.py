@@ -1,4 +1,9 @@
-"""``llray run CONFIG``: expand the grid, run each run in a Ray actor, write Parquet."""
+"""``llray run CONFIG``: expand the grid, run each run in a Ray actor, write Parquet.
+
+Each run checkpoints after every task (default ``OUTPUT/checkpoints``, or the config's
+``checkpoint: {path: ...}``). ``--resume`` after an interrupted sweep skips the runs
+already written to ``OUTPUT`` and continues the others from their checkpoints.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +11,34 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from llray.config import RunSpec, load_config
+from llray.config import ExperimentConfig, RunSpec, load_config
 from llray.data import make_stream
-from llray.distributed.session import connect, loopback_only
+from llray.distributed.checkpoint import CheckpointStore, resolve
+from llray.distributed.session import alive_nodes, connect, loopback_only, storage_warnings
 from llray.results import check_writable, finished_run_ids
-
 
 NAME = "run"
 HELP = "run the strategies x seeds x orders grid of an experiment config on Ray"
+EXIT_INTERRUPTED = 130
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment YAML (see jobs/)")
     p.add_argument("--output", help="results directory (default: results/EXPERIMENT)")
     p.add_argument("--address", help="Ray cluster address ('auto' inside a Ray job)")
-    p.add_argument("--resume", action="store_true", help="skip runs already in --output")
+    p.add_argument("--resume", action="store_true",
+                   help="skip runs already in --output; continue the others from their "
+                        "checkpoints")
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray")
+    p.add_argument("--max-in-flight", type=int,
+                   help="learner actors alive at once (default: twice what the cluster "
+                        "fits, at least 8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def checkpoint_root(cfg: ExperimentConfig, output: str) -> str:
+    """The config's checkpoint location, or ``OUTPUT/checkpoints``; plain paths made absolute."""
+    return resolve(cfg.checkpoint.path or str(Path(output) / "checkpoints"))
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -32,23 +46,41 @@ def execute(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     output = args.output or str(Path("results") / cfg.experiment)
     check_writable(output)
-    specs = cfg.runs()
-    if args.resume:
-        done = finished_run_ids(output)
-        specs = [s for s in specs if s.run_id not in done]
-        print(f"resume: {len(cfg.runs()) - len(specs)} runs already done", file=sys.stderr)
+    ckpt = checkpoint_root(cfg, output)
+    specs = _todo(cfg, output, ckpt) if args.resume else cfg.runs()
     stream = make_stream(cfg.stream)
     loopback_only()
     connect(args.address, args.num_cpus)
-    from llray.distributed.sweep import run_sweep
+    for w in storage_warnings(output, ckpt, alive_nodes()):
+        print(f"llray: warning: {w}", file=sys.stderr)
+    from llray.distributed.sweep import SweepOptions, run_sweep
 
+    options = SweepOptions(checkpoint=ckpt, max_retries=cfg.checkpoint.max_retries,
+                           resume=args.resume, max_in_flight=args.max_in_flight)
     with _Progress(specs, cfg.stream.num_tasks, disable=args.no_progress) as progress:
-        finished = run_sweep(specs, stream, output, on_task=progress.task, on_run=progress.run)
+        try:
+            finished = run_sweep(specs, stream, output, options, on_task=progress.task,
+                                 on_run=progress.run)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: finished runs are in {output}; rerun with --resume to "
+                  "continue the others from their checkpoints", file=sys.stderr)
+            return EXIT_INTERRUPTED
     from llray.report import report
 
     print(report(output))
     print(f"results: {output}")
     return 0 if all(f.result.status != "failed" for f in finished) else 1
+
+
+def _todo(cfg: ExperimentConfig, output: str, ckpt: str) -> list[RunSpec]:
+    """The runs not yet in ``output``; says how many will continue from a checkpoint."""
+    done = finished_run_ids(output)
+    specs = [s for s in cfg.runs() if s.run_id not in done]
+    saved = CheckpointStore(ckpt).run_ids()
+    partial = sum(1 for s in specs if s.run_id in saved)
+    print(f"resume: {len(cfg.runs()) - len(specs)} runs already done, {partial} continue "
+          f"from checkpoints, {len(specs) - partial} start fresh", file=sys.stderr)
+    return specs
 
 
 class _Progress:
@@ -61,12 +93,12 @@ class _Progress:
         self.tasks = tqdm(total=len(specs) * num_tasks, desc="tasks", unit="task",
                           disable=disable)
 
-    def task(self, spec: RunSpec, step: int) -> None:
+    def task(self, event) -> None:
         self.tasks.update(1)
 
     def run(self, finished) -> None:
-        skipped = np.isnan(finished.result.R[1:]).all(axis=1).sum()  # after a divergence
-        self.tasks.update(int(skipped))
+        # tasks not trained here: restored from a checkpoint, or skipped after divergence
+        self.tasks.update(max(0, len(finished.spec.order) - finished.tasks_trained))
         self.runs.update(1)
         self.runs.set_postfix_str(f"{finished.spec.strategy.display} seed={finished.spec.seed}")
 
@@ -76,4 +108,3 @@ class _Progress:
     def __exit__(self, *exc) -> None:
         self.tasks.close()
         self.runs.close()
-

@@ -1,43 +1,125 @@
 """The sweep driver: many lifelong runs on Ray actors, results written as runs finish.
 
-The driver puts the stream into the object store once; every actor receives the same
-reference. At most ``max_in_flight`` actors exist at a time (``ray.wait`` backpressure),
-so a sweep of thousands of runs does not submit everything at once.
+The driver puts the stream's tasks into the object store once
+(:func:`~llray.distributed.streaming.put_stream`); every actor gets the same references.
+At most ``max_in_flight`` actors exist at a time (``ray.wait`` backpressure), so a sweep
+of thousands of runs does not submit everything at once. Each run's rows are written
+to the Parquet store the moment it finishes.
+
+When an actor or its node dies (:class:`ray.exceptions.RayActorError` and friends), the
+driver starts a new actor for the run, which Ray places wherever resources are free,
+and it continues from the run's last checkpoint; a run gets ``max_retries`` such
+restarts, then it is written with status ``"failed"``. A Python error inside the
+learning code is not retried (it would happen again) and fails the run at once.
+
+Example:
+    >>> finished = run_sweep(cfg.runs(), make_stream(cfg.stream), "results/x",
+    ...                      SweepOptions(checkpoint="results/x/checkpoints"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import ray
+from ray.exceptions import (
+    NodeDiedError,
+    ObjectLostError,
+    RayActorError,
+    RayTaskError,
+    WorkerCrashedError,
+)
 
 from llray.config import RunSpec
 from llray.data import TaskStream
 from llray.distributed.actor import LearnerActor
+from llray.distributed.checkpoint import CheckpointStore, resolve
+from llray.distributed.streaming import StreamHandle, put_stream
+from llray.experiment import utc_now
 from llray.learner import RunResult
 from llray.results import RunMeta, write_run
+
+# The actor, its worker process or its node went away: restart from the checkpoint.
+LOST = (RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError)
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """How the driver runs a sweep.
+
+    Attributes:
+        checkpoint: where actors checkpoint after each task (plain path or pyarrow.fs
+            URI; None: no checkpoints, a restarted run starts over).
+        max_retries: restarts of a run whose actor or node died.
+        resume: start each run from its checkpoint when one exists (``--resume``);
+            restarts after a failure always do.
+        max_in_flight: actors alive at once (default: see :func:`default_in_flight`).
+        keep_checkpoints: keep a run's checkpoint after its results are written.
+    """
+
+    checkpoint: str | None = None
+    max_retries: int = 3
+    resume: bool = False
+    max_in_flight: int | None = None
+    keep_checkpoints: bool = False
+
+
+@dataclass
+class Attempt:
+    """One actor's share of a run: where it ran and what it did."""
+
+    node_id: str = ""
+    device: str = ""
+    resumed_from: int = 0  # tasks restored from the checkpoint when it started
+    trained: int = 0  # tasks it learned
+    error: str | None = None  # why it ended early, if it did
+    info: dict[str, Any] = field(default_factory=dict)  # LearnerActor.info() at start
+    ended: float = 0.0  # unix time the driver let go of the actor
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """Sent to ``on_task`` after every learned task (driver side)."""
+
+    spec: RunSpec
+    step: int  # tasks of the order learned so far (1..T)
+    row: np.ndarray  # the new R row
+    attempt: int  # 0 for the first actor of this run, 1 after one restart, ...
+    node_id: str
+    actor_name: str  # ``ray.get_actor(actor_name)`` finds the live actor
 
 
 @dataclass
 class Finished:
-    """A finished run: its spec, result and UTC start/finish times."""
+    """A finished run: its spec, result, UTC start/finish times and its actors' attempts."""
 
     spec: RunSpec
     result: RunResult
-    started_at: Any
-    finished_at: Any
+    started_at: datetime
+    finished_at: datetime
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def tasks_trained(self) -> int:
+        """Tasks learned in this sweep, over all attempts (less than T after a resume)."""
+        return sum(a.trained for a in self.attempts)
 
 
 @dataclass
-class _Active:
+class _Run:
     spec: RunSpec
-    actor: Any
-    steps: int = 0
-    rows: list[np.ndarray] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+    actor: Any = None
+
+    @property
+    def actor_name(self) -> str:
+        return f"llray-{self.spec.run_id}-{len(self.attempts) - 1}"
 
 
 def meta_for(spec: RunSpec, started_at: Any, finished_at: Any, stream: TaskStream) -> RunMeta:
@@ -57,17 +139,24 @@ def meta_for(spec: RunSpec, started_at: Any, finished_at: Any, stream: TaskStrea
 
 
 def default_in_flight(spec: RunSpec) -> int:
-    """Twice as many actors as the cluster's CPUs can hold at once (at least 1)."""
-    cpus = ray.cluster_resources().get("CPU", 1)
-    return max(1, int(2 * cpus / spec.resources.num_cpus))
+    """Twice the runs the cluster's CPUs and GPUs hold at once now, and at least 8.
+
+    Runs beyond what fits wait for resources; on an autoscaling cluster they are the
+    demand that makes the autoscaler add nodes.
+    """
+    res = ray.cluster_resources()
+    fit = res.get("CPU", 1.0) / spec.resources.num_cpus
+    if spec.resources.num_gpus > 0:
+        fit = min(fit, res.get("GPU", 0.0) / spec.resources.num_gpus)
+    return max(8, int(2 * fit))
 
 
 def run_sweep(
     specs: Sequence[RunSpec],
     stream: TaskStream,
     output: str | None,
-    max_in_flight: int | None = None,
-    on_task: Callable[[RunSpec, int], None] | None = None,
+    options: SweepOptions | None = None,
+    on_task: Callable[[TaskEvent], None] | None = None,
     on_run: Callable[[Finished], None] | None = None,
 ) -> list[Finished]:
     """Run every spec on its own :class:`LearnerActor`; write each run when it finishes.
@@ -76,39 +165,127 @@ def run_sweep(
         specs: the runs (all on ``stream``).
         stream: the task stream, put into the object store once.
         output: results directory (``None``: do not write).
-        max_in_flight: actors alive at once (default: twice the cluster's CPU slots).
-        on_task: called with (spec, step) after every learned task (progress bars).
-        on_run: called with each :class:`Finished` run.
+        options: checkpoints, retries, resume, backpressure (:class:`SweepOptions`).
+        on_task: called with a :class:`TaskEvent` after every learned task.
+        on_run: called with each :class:`Finished` run, after its rows are written.
+
+    Returns:
+        The finished runs in the order they finished. If the driver stops early (an
+        exception, Ctrl-C), the actors still alive are killed; their runs' checkpoints
+        stay, for ``resume=True``.
     """
     if not specs:
         return []
-    stream_ref = ray.put(stream)
-    limit = max_in_flight or default_in_flight(specs[0])
-    pending = deque(specs)
-    active: dict[ray.ObjectRef, _Active] = {}
-    finished: list[Finished] = []
-    while pending or active:
-        while pending and len(active) < limit:
-            spec = pending.popleft()
-            actor = LearnerActor.options(
-                num_cpus=spec.resources.num_cpus, num_gpus=spec.resources.num_gpus
-            ).remote(spec, stream_ref)
-            active[actor.start.remote()] = _Active(spec, actor)
-        ready, _ = ray.wait(list(active), num_returns=1)
-        for ref in ready:
-            state = active.pop(ref)
-            step, _row, status = ray.get(ref)
-            if step > 0 and on_task is not None:
-                on_task(state.spec, step)
-            if status == "ok" and step < len(state.spec.order):
-                active[state.actor.learn_next.remote()] = state
-                continue
-            result, started_at, finished_at = ray.get(state.actor.result.remote())
-            ray.kill(state.actor)
-            done = Finished(state.spec, result, started_at, finished_at)
-            if output is not None:
-                write_run(output, meta_for(state.spec, started_at, finished_at, stream), result)
-            if on_run is not None:
-                on_run(done)
-            finished.append(done)
-    return finished
+    return _Sweep(list(specs), stream, output, options or SweepOptions(), on_task, on_run).run()
+
+
+class _Sweep:
+    def __init__(self, specs, stream, output, options, on_task, on_run) -> None:
+        self.specs, self.stream, self.output, self.opt = specs, stream, output, options
+        self.on_task, self.on_run = on_task, on_run
+        self.store = CheckpointStore(resolve(options.checkpoint)) if options.checkpoint else None
+        self.handle: StreamHandle | None = None
+        self.active: dict[ray.ObjectRef, _Run] = {}
+        self.finished: list[Finished] = []
+
+    def run(self) -> list[Finished]:
+        self.handle = put_stream(self.stream)
+        limit = self.opt.max_in_flight or default_in_flight(self.specs[0])
+        pending = deque(self.specs)
+        try:
+            while pending or self.active:
+                while pending and len(self.active) < limit:
+                    self._launch(_Run(pending.popleft()), resume=self.opt.resume)
+                [ref], _ = ray.wait(list(self.active), num_returns=1)
+                r = self.active.pop(ref)
+                try:
+                    self._handle(ref, r)
+                except BaseException:  # a callback raised, or Ctrl-C: stop this one too
+                    _kill(r.actor, r.attempts[-1])
+                    raise
+        finally:
+            for r in self.active.values():
+                _kill(r.actor, r.attempts[-1])
+            self.active.clear()
+        return self.finished
+
+    def _launch(self, r: _Run, resume: bool) -> None:
+        """A new actor for ``r`` (fresh, or from its checkpoint); its first call is start."""
+        r.attempts.append(Attempt())
+        res = r.spec.resources
+        r.actor = LearnerActor.options(
+            num_cpus=res.num_cpus, num_gpus=res.num_gpus, name=r.actor_name
+        ).remote(r.spec, self.handle, self.store, resume)
+        self.active[r.actor.start.remote()] = r
+
+    def _handle(self, ref: ray.ObjectRef, r: _Run) -> None:
+        attempt = r.attempts[-1]
+        try:
+            out = ray.get(ref)
+        except LOST as e:
+            attempt.error = f"{type(e).__name__}: {e}"
+            return self._restart(r)
+        except RayTaskError as e:  # the learning code raised: retrying would not help
+            attempt.error = f"{type(e).__name__}: {e}"
+            return self._fail(r)
+        if isinstance(out[1], dict):  # start() -> (step, info)
+            (step, row, status), info = out
+            attempt.node_id, attempt.device = info["node_id"], info["device"]
+            attempt.resumed_from, attempt.info = info["resumed_from"], info
+        else:  # learn_next() -> step
+            step, row, status = out
+            attempt.trained += 1
+            if status == "ok" and self.on_task is not None:
+                self.on_task(TaskEvent(r.spec, step, row, len(r.attempts) - 1,
+                                       attempt.node_id, r.actor_name))
+        if status == "ok" and step < len(r.spec.order):
+            self.active[r.actor.learn_next.remote()] = r
+        else:
+            self._complete(r)
+
+    def _restart(self, r: _Run) -> None:
+        _kill(r.actor, r.attempts[-1])
+        if len(r.attempts) > self.opt.max_retries:
+            return self._fail(r)
+        self._launch(r, resume=True)
+
+    def _complete(self, r: _Run) -> None:
+        try:
+            result, started_at, finished_at = ray.get(r.actor.result.remote())
+        except LOST as e:
+            r.attempts[-1].error = f"{type(e).__name__}: {e}"
+            return self._restart(r)
+        _kill(r.actor, r.attempts[-1])
+        self._record(Finished(r.spec, result, started_at, finished_at, r.attempts))
+        if self.store is not None and not self.opt.keep_checkpoints:
+            self.store.delete(r.spec.run_id)
+
+    def _fail(self, r: _Run) -> None:
+        """Record a run that cannot finish: status "failed", R all NaN, the last error."""
+        _kill(r.actor, r.attempts[-1])
+        T = len(r.spec.order)
+        now = utc_now()
+        result = RunResult(
+            R=np.full((T + 1, T), np.nan), order=r.spec.order, status="failed",
+            n_test=np.zeros(T, dtype=np.int64), wall_s=0.0, train_s=0.0, samples_trained=0,
+            error=r.attempts[-1].error,
+        )
+        self._record(Finished(r.spec, result, now, now, r.attempts))
+
+    def _record(self, done: Finished) -> None:
+        if self.output is not None:
+            meta = meta_for(done.spec, done.started_at, done.finished_at, self.stream)
+            write_run(self.output, meta, done.result)
+        self.finished.append(done)
+        if self.on_run is not None:
+            self.on_run(done)
+
+
+def _kill(actor: Any, attempt: Attempt) -> None:
+    attempt.ended = attempt.ended or time.time()
+    if actor is None:
+        return
+    try:
+        ray.kill(actor, no_restart=True)
+    except (RayActorError, ValueError):  # already gone
+        pass

@@ -1,0 +1,108 @@
+"""Per-task checkpoints of a lifelong run, on a local path or any ``pyarrow.fs`` URI.
+
+One file per run, ``ROOT/<run_id>.pt``, replaced after every task. A checkpoint is
+written to a temporary name next to it and then moved over the old one, so a reader (a
+restarted actor) sees the previous checkpoint or the new one, never half a file. Files
+are read with ``torch.load(..., weights_only=True)``: a checkpoint holds tensors, numbers,
+strings, lists and dicts only, and loading one never runs code from the file.
+
+On a multi-node cluster ``ROOT`` must be storage that every node sees (an NFS mount
+present on every node, or ``s3://``/``gs://``/``abfs://``): an actor restarted on another
+node reads the checkpoint its predecessor wrote.
+
+Example:
+    >>> import tempfile, torch
+    >>> store = CheckpointStore(tempfile.mkdtemp())
+    >>> store.save("run1", {"step": 2, "w": torch.ones(2)})
+    >>> store.load("run1")["step"]
+    2
+    >>> store.load("other") is None
+    True
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from pyarrow import fs as pafs
+
+FORMAT = 1  # bumped when the layout of the saved dict changes
+
+
+def is_uri(path: str) -> bool:
+    """True for ``scheme://...`` (``s3://``, ``gs://``, ``file://``); False for plain paths."""
+    return len(urlparse(path).scheme) > 1 and "://" in path
+
+
+def is_node_local(path: str) -> bool:
+    """True when ``path`` names a directory on one machine's disk (plain path or file://).
+
+    An NFS mount is also a plain path; llray cannot tell it from a local disk, so callers
+    warn and let the user decide.
+    """
+    return not is_uri(path) or urlparse(path).scheme == "file"
+
+
+def resolve(path: str) -> str:
+    """``path`` made absolute when it is a plain path (actors do not share the driver's cwd)."""
+    return path if is_uri(path) else os.path.abspath(os.path.expanduser(path))
+
+
+@dataclass(frozen=True)
+class CheckpointStore:
+    """Saves and loads one checkpoint per run under ``root`` (plain path or URI)."""
+
+    root: str
+
+    def _fs(self) -> tuple[pafs.FileSystem, str]:
+        if is_uri(self.root):
+            return pafs.FileSystem.from_uri(self.root)
+        return pafs.LocalFileSystem(), resolve(self.root)
+
+    def path(self, run_id: str) -> str:
+        """Where ``run_id``'s checkpoint lives, as the filesystem sees it."""
+        return f"{self._fs()[1].rstrip('/')}/{run_id}.pt"
+
+    def save(self, run_id: str, state: dict[str, Any]) -> None:
+        """Write ``state`` atomically: to a temporary name, then moved over the old file."""
+        fs, base = self._fs()
+        base = base.rstrip("/")
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        fs.create_dir(base, recursive=True)
+        tmp = f"{base}/.{run_id}.{uuid.uuid4().hex}.tmp"
+        with fs.open_output_stream(tmp) as f:
+            f.write(buf.getbuffer())
+        fs.move(tmp, f"{base}/{run_id}.pt")
+
+    def load(self, run_id: str) -> dict[str, Any] | None:
+        """The last checkpoint of ``run_id`` on the CPU, or None if there is none."""
+        fs, _ = self._fs()
+        path = self.path(run_id)
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with fs.open_input_stream(path) as f:
+            data = f.read()
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+    def delete(self, run_id: str) -> None:
+        """Remove ``run_id``'s checkpoint (no error if there is none)."""
+        fs, _ = self._fs()
+        path = self.path(run_id)
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            fs.delete_file(path)
+
+    def run_ids(self) -> set[str]:
+        """The runs that have a checkpoint under ``root``."""
+        fs, base = self._fs()
+        if fs.get_file_info(base).type != pafs.FileType.Directory:
+            return set()
+        infos = fs.get_file_info(pafs.FileSelector(base))
+        return {i.base_name[:-3] for i in infos if i.base_name.endswith(".pt")
+                and not i.base_name.startswith(".")}
