@@ -1,0 +1,650 @@
+"""The Parquet results store: every R entry and one row per run, partitioned by experiment.
+
+Layout under an output directory (a local path or any ``pyarrow.fs`` URI such as
+``s3://bucket/results``)::
+
+    OUTPUT/r_matrix/experiment=NAME/<run_id>.parquet    one row per R entry
+    OUTPUT/runs/experiment=NAME/<run_id>.parquet        one row per run
+
+The columns are :data:`R_MATRIX_SCHEMA` and :data:`RUNS_SCHEMA`; the ``experiment``
+column lives in the directory name (hive partitioning), so the files themselves hold
+:data:`R_MATRIX_FILE_SCHEMA` and :data:`RUNS_FILE_SCHEMA`. Each file is written under a
+temporary name in its final directory and renamed, so a reader never sees half a file;
+a run's R rows are written before its run row, so a run listed in ``runs/`` is complete.
+Writing a run again replaces its file (idempotent by ``run_id``). :func:`write_runs`
+puts many runs in one file named ``batch-<hash of the run ids>.parquet``; if the same run
+ends up in two files, :func:`load` and :func:`finished_run_ids` still return it once
+(see ``docs/results.md`` for the SQL equivalent).
+
+Entries a run never reached (the rows after a divergence) are stored as NaN accuracy,
+exactly as in R, so aggregates over them are NaN too; metrics in ``runs/`` that are not
+defined (a diverged run, or BWT with one task) are null.
+
+Example:
+    >>> import numpy as np, tempfile
+    >>> from llray.learner import RunResult
+    >>> R = np.array([[0.1, 0.1], [0.9, 0.2], [0.6, 0.8]])
+    >>> res = RunResult(R=R, order=(1, 0), status="ok", n_test=np.array([50, 50]),
+    ...                 wall_s=1.0, train_s=0.5, samples_trained=100)
+    >>> meta = RunMeta("r1", "demo", "naive", "digits", "domain", 0, (1, 0), {"seed": 0})
+    >>> out = tempfile.mkdtemp()
+    >>> write_run(out, meta, res)
+    >>> results = load(out)
+    >>> bool((r_matrix_of(results, "r1") == R).all()), results.runs.acc.round(2).tolist()
+    (True, [0.7])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote, unquote
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from llray import metrics
+from llray.errors import ConfigError
+from llray.learner import RunResult
+
+__all__ = [
+    "PARTITION",
+    "RUNS_FILE_SCHEMA",
+    "RUNS_SCHEMA",
+    "R_MATRIX_FILE_SCHEMA",
+    "R_MATRIX_SCHEMA",
+    "STATUSES",
+    "Results",
+    "ResultsError",
+    "RunMeta",
+    "check_writable",
+    "finished_run_ids",
+    "load",
+    "load_r_matrix",
+    "load_runs",
+    "r_matrix_of",
+    "r_matrix_stack",
+    "r_matrix_table",
+    "runs_table",
+    "write_run",
+    "write_runs",
+]
+
+PARTITION = "experiment"
+STATUSES = ("ok", "diverged", "failed")
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+_RUN_COLUMNS = [
+    ("run_id", pa.string()),
+    ("experiment", pa.string()),
+    ("strategy", pa.string()),
+    ("benchmark", pa.string()),
+    ("scenario", pa.string()),
+    ("seed", pa.int64()),
+    ("task_order", pa.list_(pa.int32())),
+]
+
+#: One row per R entry. ``step`` 0 = random init, i = after the i-th task of the order;
+#: ``eval_pos`` is the 1-based position of ``eval_task`` in the order, so
+#: ``R[step, eval_pos - 1] == accuracy`` and the diagonal is ``step == eval_pos``.
+R_MATRIX_SCHEMA = pa.schema(
+    _RUN_COLUMNS
+    + [
+        ("step", pa.int32()),
+        ("train_task", pa.int32()),  # null at step 0
+        ("eval_task", pa.int32()),  # task id
+        ("eval_pos", pa.int32()),
+        ("accuracy", pa.float64()),  # NaN where the run never got (after a divergence)
+        ("n_test", pa.int64()),
+    ]
+)
+
+#: One row per run; metrics are null where undefined, ``config`` is the run's JSON.
+RUNS_SCHEMA = pa.schema(
+    _RUN_COLUMNS
+    + [
+        ("status", pa.string()),  # "ok" | "diverged" | "failed"
+        ("acc", pa.float64()),
+        ("bwt", pa.float64()),
+        ("fwt", pa.float64()),
+        ("forgetting", pa.float64()),
+        ("wall_s", pa.float64()),
+        ("train_samples_per_s", pa.float64()),
+        ("config", pa.string()),
+        ("started_at", _TIMESTAMP),
+        ("finished_at", _TIMESTAMP),
+    ]
+)
+
+
+def _without_partition(schema: pa.Schema) -> pa.Schema:
+    return schema.remove(schema.get_field_index(PARTITION))
+
+
+#: What the Parquet files hold: the schemas above less the partition column.
+R_MATRIX_FILE_SCHEMA = _without_partition(R_MATRIX_SCHEMA)
+RUNS_FILE_SCHEMA = _without_partition(RUNS_SCHEMA)
+
+_DATASETS = {"r_matrix": R_MATRIX_SCHEMA, "runs": RUNS_SCHEMA}
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class ResultsError(ConfigError):
+    """A results directory llray cannot read: names the file (or ``output``) and why.
+
+    A :class:`~llray.errors.ConfigError` (so the CLI prints one line and exits 2) and
+    therefore a ``ValueError``.
+    """
+
+
+@dataclass(frozen=True)
+class RunMeta:
+    """What the store records about a run besides its :class:`~llray.learner.RunResult`.
+
+    Times are UTC; a naive ``datetime`` is taken to be UTC already.
+
+    Example:
+        >>> RunMeta("ab12", "demo", "ewc", "digits", "domain", 0, [1, 0]).order
+        (1, 0)
+    """
+
+    run_id: str
+    experiment: str
+    strategy: str
+    benchmark: str
+    scenario: str
+    seed: int
+    order: Sequence[int]
+    config: dict[str, Any] = field(default_factory=dict)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.run_id, str) or not _RUN_ID.fullmatch(self.run_id):
+            raise ValueError(
+                f"run_id must be letters, digits, '.', '_' or '-' (not first), got {self.run_id!r}"
+            )
+        if not isinstance(self.experiment, str) or not self.experiment:
+            raise ValueError(f"experiment must be a non-empty string, got {self.experiment!r}")
+        object.__setattr__(self, "order", tuple(int(i) for i in self.order))
+
+
+@dataclass
+class Results:
+    """A loaded results directory: ``r_matrix`` and ``runs`` as pandas DataFrames."""
+
+    r_matrix: pd.DataFrame
+    runs: pd.DataFrame
+
+    def r_matrix_of(self, run_id: str) -> np.ndarray:
+        """The ``[T + 1, T]`` R of one run; see :func:`r_matrix_of`."""
+        return r_matrix_of(self.r_matrix, run_id)
+
+
+# -- building tables ----------------------------------------------------------------------
+def _checked(meta: RunMeta, result: RunResult) -> np.ndarray:
+    """``result.R`` as float64 after checking it matches ``meta``; ValueError otherwise."""
+    if tuple(int(i) for i in result.order) != meta.order:
+        raise ValueError(
+            f"run {meta.run_id}: meta.order {list(meta.order)} != result.order "
+            f"{list(result.order)}"
+        )
+    T = len(meta.order)
+    R = np.asarray(result.R, dtype=np.float64)
+    if T < 1 or R.shape != (T + 1, T):
+        raise ValueError(f"run {meta.run_id}: R must have shape {(T + 1, T)}, got {R.shape}")
+    if np.shape(result.n_test) != (T,):
+        raise ValueError(f"run {meta.run_id}: n_test must have {T} entries")
+    if result.status not in STATUSES:
+        raise ValueError(f"run {meta.run_id}: status must be one of {STATUSES}")
+    return R
+
+
+def _repeat(value: Any, type_: pa.DataType, n: int) -> pa.Array:
+    return pa.repeat(pa.scalar(value, type_), n)
+
+
+def _run_columns(meta: RunMeta, n: int) -> dict[str, pa.Array]:
+    """The columns both datasets start with, each repeated ``n`` times."""
+    values = {
+        "run_id": meta.run_id,
+        "experiment": meta.experiment,
+        "strategy": meta.strategy,
+        "benchmark": meta.benchmark,
+        "scenario": meta.scenario,
+        "seed": int(meta.seed),
+        "task_order": list(meta.order),
+    }
+    return {name: _repeat(values[name], type_, n) for name, type_ in _RUN_COLUMNS}
+
+
+def r_matrix_table(meta: RunMeta, result: RunResult) -> pa.Table:
+    """The ``(T + 1) · T`` R entries of one run as a table with :data:`R_MATRIX_SCHEMA`.
+
+    Example:
+        >>> import numpy as np
+        >>> from llray.learner import RunResult
+        >>> res = RunResult(np.zeros((3, 2)), (1, 0), "ok", np.array([5, 5]), 0.0, 0.0, 0)
+        >>> t = r_matrix_table(RunMeta("r1", "x", "naive", "digits", "domain", 0, (1, 0)), res)
+        >>> t.num_rows, t.column("eval_task").to_pylist()[:2]
+        (6, [1, 0])
+    """
+    R = _checked(meta, result)
+    T = len(meta.order)
+    order = np.asarray(meta.order, dtype=np.int32)
+    step = np.repeat(np.arange(T + 1, dtype=np.int32), T)
+    eval_pos = np.tile(np.arange(1, T + 1, dtype=np.int32), T + 1)
+    columns = _run_columns(meta, (T + 1) * T)
+    columns["step"] = pa.array(step)
+    columns["train_task"] = pa.array(order[np.maximum(step - 1, 0)], mask=step == 0)
+    columns["eval_task"] = pa.array(order[eval_pos - 1])
+    columns["eval_pos"] = pa.array(eval_pos)
+    columns["accuracy"] = pa.array(R.ravel())
+    columns["n_test"] = pa.array(np.tile(np.asarray(result.n_test, dtype=np.int64), T + 1))
+    return pa.table(columns, schema=R_MATRIX_SCHEMA)
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def _utc(t: datetime | None) -> datetime | None:
+    if t is None:
+        return None
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+def runs_table(meta: RunMeta, result: RunResult) -> pa.Table:
+    """The run's one row (status, metrics, timings, config) with :data:`RUNS_SCHEMA`.
+
+    Example:
+        >>> import numpy as np
+        >>> from llray.learner import RunResult
+        >>> R = np.array([[0.1, 0.1], [0.9, 0.2], [0.6, 0.8]])
+        >>> res = RunResult(R, (0, 1), "ok", np.array([5, 5]), 2.0, 1.0, 300)
+        >>> row = runs_table(RunMeta("r1", "x", "naive", "d", "domain", 0, (0, 1)), res)
+        >>> row.column("train_samples_per_s").to_pylist(), round(row["bwt"][0].as_py(), 3)
+        ([300.0], -0.3)
+    """
+    m = metrics.summary(_checked(meta, result))
+    values = {
+        "status": result.status,
+        **{k: _finite_or_none(m[k]) for k in ("acc", "bwt", "fwt", "forgetting")},
+        "wall_s": float(result.wall_s),
+        "train_samples_per_s": float(result.train_samples_per_s),
+        "config": json.dumps(meta.config, sort_keys=True, default=str),
+        "started_at": _utc(meta.started_at),
+        "finished_at": _utc(meta.finished_at),
+    }
+    columns = _run_columns(meta, 1)
+    for f in RUNS_SCHEMA:
+        if f.name not in columns:
+            columns[f.name] = pa.array([values[f.name]], f.type)
+    return pa.table(columns, schema=RUNS_SCHEMA)
+
+
+# -- filesystem ---------------------------------------------------------------------------
+def _filesystem(output_dir: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and base path of ``output_dir`` (a local path or a URI)."""
+    text = os.fspath(output_dir)
+    if "://" in text:
+        fs, path = pafs.FileSystem.from_uri(text)
+        return fs, path.rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(text)
+
+
+def check_writable(output_dir: str | os.PathLike[str]) -> None:
+    """Create ``output_dir`` and check a file can be written there, before any work.
+
+    Raises:
+        ConfigError: ``output`` field, when the directory cannot be created or written.
+
+    Example:
+        >>> import tempfile
+        >>> check_writable(tempfile.mkdtemp() + "/new/results")
+    """
+    try:
+        fs, root = _filesystem(output_dir)
+        fs.create_dir(root, recursive=True)
+        probe = f"{root}/.llray-write-check-{uuid.uuid4().hex}"
+        with fs.open_output_stream(probe) as sink:
+            sink.write(b"ok")
+        fs.delete_file(probe)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise ConfigError("output", f"cannot write results to {os.fspath(output_dir)!r}: {e}") from None
+
+
+def _write_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
+    """Write ``table`` to a hidden temporary file next to ``path``, then rename it."""
+    parent, name = path.rsplit("/", 1)
+    fs.create_dir(parent, recursive=True)
+    tmp = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            with open(tmp, "wb") as f:
+                pq.write_table(table, f, compression="zstd")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            with fs.open_output_stream(tmp) as sink:
+                pq.write_table(table, sink, compression="zstd")
+            fs.move(tmp, path)
+    except BaseException:
+        try:
+            fs.delete_file(tmp)
+        except (OSError, pa.ArrowException):
+            pass
+        raise
+
+
+def _partition_dir(root: str, dataset: str, experiment: str) -> str:
+    return f"{root}/{dataset}/{PARTITION}={quote(experiment, safe='')}"
+
+
+def _file_name(run_ids: Sequence[str]) -> str:
+    """``<run_id>.parquet`` for one run, ``batch-<hash of the sorted ids>.parquet`` else."""
+    if len(run_ids) == 1:
+        return f"{run_ids[0]}.parquet"
+    digest = hashlib.sha256("\n".join(sorted(run_ids)).encode()).hexdigest()[:16]
+    return f"batch-{digest}.parquet"
+
+
+def write_runs(
+    output_dir: str | os.PathLike[str], items: Iterable[tuple[RunMeta, RunResult]]
+) -> None:
+    """Write many runs: per experiment, one ``r_matrix`` file and one ``runs`` file.
+
+    The R files of every experiment are written before the run files, each atomically.
+    A run id given twice is written once (the last one). Writing the same set of runs
+    again replaces the same files.
+
+    Example:
+        >>> import numpy as np, tempfile
+        >>> from llray.learner import RunResult
+        >>> res = RunResult(np.zeros((2, 1)), (0,), "ok", np.array([5]), 0.0, 0.0, 0)
+        >>> metas = [RunMeta(f"r{s}", "x", "naive", "d", "domain", s, (0,)) for s in range(3)]
+        >>> out = tempfile.mkdtemp()
+        >>> write_runs(out, [(m, res) for m in metas])
+        >>> sorted(finished_run_ids(out))
+        ['r0', 'r1', 'r2']
+    """
+    by_experiment: dict[str, dict[str, tuple[RunMeta, RunResult]]] = {}
+    for meta, result in items:
+        by_experiment.setdefault(meta.experiment, {})[meta.run_id] = (meta, result)
+    fs, root = _filesystem(output_dir)
+    for dataset, build in (("r_matrix", r_matrix_table), ("runs", runs_table)):
+        for experiment, runs in by_experiment.items():
+            table = pa.concat_tables([build(m, r) for m, r in runs.values()])
+            path = f"{_partition_dir(root, dataset, experiment)}/{_file_name(list(runs))}"
+            _write_atomic(fs, path, table.drop_columns([PARTITION]))
+
+
+def write_run(output_dir: str | os.PathLike[str], meta: RunMeta, result: RunResult) -> None:
+    """Write one run's R entries and run row as ``<run_id>.parquet`` files (idempotent).
+
+    Example:
+        >>> import numpy as np, tempfile
+        >>> from llray.learner import RunResult
+        >>> res = RunResult(np.zeros((2, 1)), (0,), "ok", np.array([5]), 0.0, 0.0, 0)
+        >>> out = tempfile.mkdtemp()
+        >>> write_run(out, RunMeta("r1", "x", "naive", "d", "domain", 0, (0,)), res)
+        >>> finished_run_ids(out)
+        {'r1'}
+    """
+    write_runs(output_dir, [(meta, result)])
+
+
+# -- reading ------------------------------------------------------------------------------
+def _data_files(fs: pafs.FileSystem, base: str) -> list[str]:
+    """The Parquet files under ``base`` (hidden and ``_`` names skipped), sorted."""
+    selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+    paths = [
+        info.path
+        for info in fs.get_file_info(selector)
+        if info.type == pafs.FileType.File
+        and info.base_name.endswith(".parquet")
+        and not info.base_name.startswith((".", "_"))
+    ]
+    return sorted(paths)
+
+
+def _experiment_of(path: str, base: str) -> str:
+    """The experiment a file's hive directory names; ResultsError if it has none."""
+    parts = path[len(base) + 1 :].split("/")
+    prefix = f"{PARTITION}="
+    if len(parts) != 2 or not parts[0].startswith(prefix):
+        raise ResultsError(path, f"not in a '{prefix}NAME' directory directly under {base}")
+    return unquote(parts[0][len(prefix) :])
+
+
+def _schema_problems(actual: pa.Schema, expected: pa.Schema) -> list[str]:
+    """Why ``actual`` is not ``expected`` (names and types; nullability ignored)."""
+    names = set(actual.names)
+    problems = [f"missing column {f.name} ({f.type})" for f in expected if f.name not in names]
+    problems += [f"unexpected column {n}" for n in actual.names if n not in expected.names]
+    for f in expected:
+        if f.name in names and not actual.field(f.name).type.equals(f.type):
+            problems.append(f"column {f.name} is {actual.field(f.name).type}, expected {f.type}")
+    return problems
+
+
+def _read_file(
+    fs: pafs.FileSystem, path: str, base: str, schema: pa.Schema, columns: list[str]
+) -> pa.Table:
+    """One file's ``columns`` (the partition column added), after checking its schema."""
+    experiment = _experiment_of(path, base)
+    expected = _without_partition(schema)
+    try:
+        with fs.open_input_file(path) as f:
+            pf = pq.ParquetFile(f)
+            problems = _schema_problems(pf.schema_arrow, expected)
+            if problems:
+                raise ResultsError(
+                    path, f"not an llray {base.rsplit('/', 1)[-1]} file: " + "; ".join(problems)
+                )
+            file_columns = [c for c in columns if c != PARTITION]
+            table = pf.read(columns=file_columns, use_threads=False)
+    except (OSError, pa.ArrowException) as e:
+        raise ResultsError(path, f"cannot read Parquet file: {e}") from None
+    table = table.cast(pa.schema([expected.field(c) for c in file_columns]))
+    if PARTITION in columns:
+        part = _repeat(experiment, pa.string(), table.num_rows)
+        table = table.add_column(columns.index(PARTITION), schema.field(PARTITION), part)
+    return table
+
+
+def _read_dataset(
+    output_dir: str | os.PathLike[str],
+    dataset: str,
+    columns: Sequence[str] | None,
+    experiment: str | None,
+    must_exist: bool = True,
+) -> pa.Table:
+    """All files of ``OUTPUT/<dataset>`` as one table (optionally one experiment's)."""
+    schema = _DATASETS[dataset]
+    columns = list(schema.names if columns is None else columns)
+    unknown = [c for c in columns if c not in schema.names]
+    if unknown:
+        raise ValueError(f"unknown {dataset} columns {unknown}; allowed: {schema.names}")
+    fs, root = _filesystem(output_dir)
+    if must_exist and fs.get_file_info(root).type == pafs.FileType.NotFound:
+        raise ResultsError("output", f"results directory {os.fspath(output_dir)!r} does not exist")
+    base = f"{root}/{dataset}"
+    paths = _data_files(fs, base)
+    if experiment is not None:
+        paths = [p for p in paths if _experiment_of(p, base) == experiment]
+    tables = _map(lambda p: _read_file(fs, p, base, schema, columns), paths)
+    target = pa.schema([schema.field(c) for c in columns])
+    return pa.concat_tables(tables) if tables else target.empty_table()
+
+
+def _map(fn: Any, items: list[str]) -> list[pa.Table]:
+    """``fn`` over ``items`` in threads (Parquet reads release the GIL), order kept."""
+    if len(items) <= 1:
+        return [fn(p) for p in items]
+    with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4)) as pool:
+        return list(pool.map(fn, items))
+
+
+def _dedupe_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per run id (the latest ``finished_at``) where a run was written twice."""
+    if "run_id" not in df or not df["run_id"].duplicated().any():
+        return df
+    order = df.sort_values("finished_at", kind="stable", na_position="first") \
+        if "finished_at" in df else df
+    keep = order.drop_duplicates("run_id", keep="last").index
+    return df.loc[df.index.isin(keep)].reset_index(drop=True)
+
+
+def _dedupe_entries(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per ``(run_id, step, eval_pos)`` where a run was written twice."""
+    key = ["run_id", "step", "eval_pos"]
+    if not set(key) <= set(df.columns):
+        return df
+    dup = df.duplicated(key, keep="first")
+    return df.loc[~dup].reset_index(drop=True) if dup.any() else df
+
+
+def load_runs(
+    output_dir: str | os.PathLike[str],
+    columns: Sequence[str] | None = None,
+    experiment: str | None = None,
+) -> pd.DataFrame:
+    """The ``runs`` dataset as a DataFrame, one row per run id.
+
+    Args:
+        output_dir: results directory (local path or ``pyarrow.fs`` URI).
+        columns: columns of :data:`RUNS_SCHEMA` to read (default: all).
+        experiment: read only this experiment's partition.
+
+    Raises:
+        ResultsError: the directory does not exist, or a file in it is not an llray
+            runs file (the message names the file and the mismatching columns).
+
+    Example:
+        >>> import tempfile
+        >>> load_runs(tempfile.mkdtemp()).columns[:3].tolist()
+        ['run_id', 'experiment', 'strategy']
+    """
+    return _dedupe_runs(_read_dataset(output_dir, "runs", columns, experiment).to_pandas())
+
+
+def load_r_matrix(
+    output_dir: str | os.PathLike[str],
+    columns: Sequence[str] | None = None,
+    experiment: str | None = None,
+) -> pd.DataFrame:
+    """The ``r_matrix`` dataset as a DataFrame, one row per (run id, step, eval_pos).
+
+    Arguments and errors as in :func:`load_runs`. Leaving out ``task_order`` makes
+    large reads faster (it becomes one NumPy array per row in pandas).
+
+    Example:
+        >>> import tempfile
+        >>> load_r_matrix(tempfile.mkdtemp(), columns=["run_id", "accuracy"]).shape
+        (0, 2)
+    """
+    table = _read_dataset(output_dir, "r_matrix", columns, experiment)
+    return _dedupe_entries(table.to_pandas())
+
+
+def load(output_dir: str | os.PathLike[str], experiment: str | None = None) -> Results:
+    """Both datasets of a results directory as pandas DataFrames.
+
+    The ``experiment`` column comes from the partition directory, as a string.
+
+    Raises:
+        ResultsError: as :func:`load_runs`.
+
+    Example:
+        >>> import tempfile
+        >>> r = load(tempfile.mkdtemp())
+        >>> len(r.runs), len(r.r_matrix)
+        (0, 0)
+    """
+    return Results(
+        r_matrix=load_r_matrix(output_dir, experiment=experiment),
+        runs=load_runs(output_dir, experiment=experiment),
+    )
+
+
+def finished_run_ids(output_dir: str | os.PathLike[str]) -> set[str]:
+    """The run ids with a row in ``runs/`` (any status), for ``--resume``.
+
+    Reads only the ``run_id`` column; a directory that does not exist yet has none.
+
+    Example:
+        >>> import tempfile
+        >>> finished_run_ids(tempfile.mkdtemp() + "/not-yet")
+        set()
+    """
+    table = _read_dataset(output_dir, "runs", ["run_id"], None, must_exist=False)
+    return set(table.column("run_id").to_pylist())
+
+
+# -- rebuilding R -------------------------------------------------------------------------
+def r_matrix_of(df_or_results: pd.DataFrame | Results, run_id: str) -> np.ndarray:
+    """The ``[T + 1, T]`` R of ``run_id`` from an r_matrix DataFrame (or :class:`Results`).
+
+    Entries missing from the table are NaN.
+
+    Raises:
+        KeyError: no row has this run id.
+
+    Example:
+        >>> import pandas as pd
+        >>> df = pd.DataFrame({"run_id": ["a"] * 2, "step": [0, 1], "eval_pos": [1, 1],
+        ...                    "accuracy": [0.1, 0.9]})
+        >>> r_matrix_of(df, "a").tolist()
+        [[0.1], [0.9]]
+    """
+    df = df_or_results.r_matrix if isinstance(df_or_results, Results) else df_or_results
+    rows = df[df["run_id"] == run_id]
+    if rows.empty:
+        raise KeyError(f"run_id {run_id!r} is not in the r_matrix table")
+    T = int(rows["eval_pos"].max())
+    if "task_order" in rows:
+        T = len(rows["task_order"].iloc[0])
+    R = np.full((T + 1, T), np.nan)
+    R[rows["step"].to_numpy(), rows["eval_pos"].to_numpy() - 1] = rows["accuracy"].to_numpy(float)
+    return R
+
+
+def r_matrix_stack(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """All runs of an r_matrix DataFrame as one ``[N, T + 1, T]`` array, without a loop.
+
+    For the vectorised metrics: ``metrics.acc(stack)`` gives every run's ACC. All runs
+    must have the same number of tasks ``T`` (filter on ``task_order`` length first).
+
+    Returns:
+        ``(run_ids, R)``: the ``N`` run ids (in order of first appearance) and their R.
+
+    Example:
+        >>> import pandas as pd
+        >>> df = pd.DataFrame({"run_id": ["a", "a", "b", "b"], "step": [0, 1, 0, 1],
+        ...                    "eval_pos": [1] * 4, "accuracy": [0.1, 0.9, 0.2, 0.7]})
+        >>> ids, R = r_matrix_stack(df)
+        >>> ids.tolist(), R.shape, metrics.acc(R).tolist()
+        (['a', 'b'], (2, 2, 1), [0.9, 0.7])
+    """
+    codes, run_ids = pd.factorize(df["run_id"])
+    pos = df["eval_pos"].to_numpy()
+    per_run_T = np.zeros(len(run_ids), dtype=np.int64)
+    np.maximum.at(per_run_T, codes, pos)
+    T = int(per_run_T.max()) if len(run_ids) else 0
+    if (per_run_T != T).any():
+        raise ValueError(f"runs have different task counts {sorted(set(per_run_T.tolist()))}")
+    R = np.full((len(run_ids), T + 1, T), np.nan)
+    R[codes, df["step"].to_numpy(), pos - 1] = df["accuracy"].to_numpy(float)
+    return np.asarray(run_ids, dtype=object), R
