@@ -45,7 +45,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 import numpy as np
@@ -56,7 +56,9 @@ import pyarrow.parquet as pq
 
 from llray import metrics
 from llray.errors import ConfigError
-from llray.learner import RunResult
+
+if TYPE_CHECKING:  # readers of results need no torch
+    from llray.learner import RunResult
 
 __all__ = [
     "PARTITION",
