@@ -1,7 +1,18 @@
-"""StreamConfig -> TaskStream (placeholder: digits + permuted only; extended in data/)."""
+"""``StreamConfig`` (the ``stream:`` section of a config) and ``make_stream``.
+
+A stream is a pure function of its config: the same config and ``seed`` give the same
+tensors on any machine. See ``docs/data.md`` for every field.
+
+Example:
+    >>> s = make_stream(StreamConfig(dataset="digits", kind="split", num_tasks=5))
+    >>> s.benchmark, s.scenario, s.input_shape, [t.name for t in s.tasks][:2]
+    ('split-digits', 'class', (1, 8, 8), ['split-[0,1]', 'split-[2,3]'])
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -9,39 +20,227 @@ import numpy as np
 import torch
 
 from llray.config_base import require
-from llray.data.stream import Task, TaskStream
+from llray.data import scenarios as sc
+from llray.data.datasets import (
+    BUILTIN_CLASSES,
+    BUILTIN_SHAPES,
+    MNIST1D_DEFAULT_SAMPLES,
+    RNG_CLASSES,
+    RNG_PERMUTE,
+    RNG_SPLIT,
+    Arrays,
+    load_digits,
+    load_mnist1d,
+    rng,
+    split_indices,
+    standardize,
+)
+from llray.data.parquet import load_parquet
+from llray.data.stream import TaskStream
+from llray.errors import ConfigError
+
+DATASETS = ("digits", "mnist1d", "parquet")
+KINDS = ("permuted", "rotated", "split", "tasks")
+DEFAULT_SCENARIO = {"permuted": "domain", "rotated": "domain", "split": "class"}
+
+# Options that only mean something for one dataset or kind: setting them elsewhere is an
+# error rather than silently ignored.
+_PARQUET_ONLY = ("path", "label_column", "task_column", "feature_columns", "input_shape",
+                 "standardize")
+_ONLY_FOR_KIND = {"max_angle": "rotated", "angles": "rotated", "shuffle_classes": "split"}
 
 
 @dataclass(frozen=True)
 class StreamConfig:
+    """The ``stream:`` section of a config: which dataset, cut into which tasks.
+
+    Attributes:
+        dataset: ``"digits"`` (sklearn 8x8, inputs ``(1, 8, 8)`` in [0, 1]),
+            ``"mnist1d"`` (procedural, inputs ``(40,)`` standardized) or ``"parquet"``.
+        kind: ``"permuted"``, ``"rotated"`` (square images only), ``"split"`` (classes
+            partitioned among tasks) or ``"tasks"`` (a parquet table's task column).
+        scenario: ``"task"``, ``"domain"`` or ``"class"``; default ``"domain"`` for
+            permuted/rotated, ``"class"`` for split; required for kind ``"tasks"``.
+        num_tasks: number of tasks, at least 2 (kind ``"tasks"``: the table's count).
+        test_fraction: share of each class (and task) held out for testing.
+        seed: seeds the split, permutations, class order, subsampling and mnist1d.
+        max_train_per_task: keep at most this many training samples per task.
+        num_samples: mnist1d only: sequences generated (default 4000).
+        max_angle: rotated only: task angles are evenly spaced from 0 to this (degrees).
+        angles: rotated only: explicit angle per task, overrides ``max_angle``.
+        shuffle_classes: split only: shuffle the classes (with ``seed``) before grouping.
+        path: parquet only: a ``.parquet`` file or a directory of them.
+        label_column: parquet only: integer class ids.
+        task_column: parquet only: task values, read with kind ``"tasks"``.
+        feature_columns: parquet only: numeric columns or one list column; default every
+            column except the label and task columns.
+        input_shape: parquet only: reshape each row's features, e.g. ``[1, 28, 28]``.
+        standardize: parquet only: standardize each feature with training statistics.
+
+    Example:
+        >>> StreamConfig(kind="split").scenario_name
+        'class'
+    """
+
     dataset: str = "digits"
-    kind: Literal["permuted", "rotated", "split"] = "permuted"
+    kind: Literal["permuted", "rotated", "split", "tasks"] = "permuted"
     scenario: Literal["task", "domain", "class"] | None = None
     num_tasks: int = 5
     test_fraction: float = 0.25
     seed: int = 0
+    max_train_per_task: int | None = None
+    num_samples: int | None = None
+    max_angle: float = 180.0
+    angles: tuple[float, ...] | None = None
+    shuffle_classes: bool = False
+    path: str | None = None
+    label_column: str = "label"
+    task_column: str = "task"
+    feature_columns: tuple[str, ...] | None = None
+    input_shape: tuple[int, ...] | None = None
+    standardize: bool = False
 
     def __post_init__(self) -> None:
+        require(self.dataset in DATASETS, "dataset",
+                f"unknown dataset {self.dataset!r}; known: {', '.join(DATASETS)}")
+        require(self.kind in KINDS, "kind", f"must be one of {', '.join(KINDS)}, got {self.kind!r}")
         require(self.num_tasks >= 2, "num_tasks", f"needs at least 2 tasks, got {self.num_tasks}")
+        require(0.0 < self.test_fraction < 1.0, "test_fraction",
+                f"must be in (0, 1), got {self.test_fraction}")
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        self._check_only_for()
+        self._check_sizes()
+        self._check_kind()
+
+    def _check_only_for(self) -> None:
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        changed = {k for k, v in defaults.items() if getattr(self, k) != v}
+        for name in changed & set(_PARQUET_ONLY):
+            require(self.dataset == "parquet", name, "is only used with dataset 'parquet'")
+        for name in changed & set(_ONLY_FOR_KIND):
+            kind = _ONLY_FOR_KIND[name]
+            require(self.kind == kind, name, f"is only used with kind {kind!r}")
+        if "num_samples" in changed:
+            require(self.dataset == "mnist1d", "num_samples", "is only used with dataset 'mnist1d'")
+        if self.dataset == "parquet":
+            require(bool(self.path), "path",
+                    "dataset 'parquet' needs the path of a file or directory")
+
+    def _check_sizes(self) -> None:
+        if self.max_train_per_task is not None:
+            require(self.max_train_per_task >= 1, "max_train_per_task",
+                    f"must be >= 1 or null, got {self.max_train_per_task}")
+        if self.num_samples is not None:
+            require(self.num_samples >= 20, "num_samples", f"must be >= 20, got {self.num_samples}")
+        if self.input_shape is not None:
+            require(len(self.input_shape) >= 1 and all(d >= 1 for d in self.input_shape),
+                    "input_shape", f"must be positive sizes, got {list(self.input_shape)}")
+        if self.angles is not None:
+            require(len(self.angles) == self.num_tasks, "angles",
+                    f"needs one angle per task ({self.num_tasks}), got {len(self.angles)}")
+
+    def _check_kind(self) -> None:
+        if self.kind == "rotated":
+            shape = self.shape
+            require(shape is not None and len(shape) == 3 and shape[1] == shape[2], "kind",
+                    f"'rotated' needs square images (C, H, W); dataset {self.dataset!r} gives "
+                    f"{shape if shape else 'flat rows (set input_shape: [C, H, W])'}")
+        if self.kind == "split" and self.dataset in BUILTIN_CLASSES:
+            c = BUILTIN_CLASSES[self.dataset]
+            require(self.num_tasks <= c, "num_tasks",
+                    f"'split' {self.dataset} has {c} classes, so at most {c} tasks")
+        if self.kind == "tasks":
+            require(self.dataset == "parquet", "kind",
+                    "'tasks' reads a table's task column: needs dataset 'parquet'")
+            require(self.scenario is not None, "scenario",
+                    "kind 'tasks' needs an explicit scenario: task, domain or class")
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        """The input shape when known before loading (``None``: a flat parquet row)."""
+        return BUILTIN_SHAPES.get(self.dataset, self.input_shape)
+
+    @property
+    def scenario_name(self) -> str:
+        """The scenario, with the kind's default filled in."""
+        return self.scenario or DEFAULT_SCENARIO[self.kind]
 
     @property
     def benchmark(self) -> str:
-        return f"{self.kind}-{self.dataset}"
+        """``"{kind}-{dataset}"``, the dataset part being the file or directory name for
+        parquet, e.g. ``"permuted-digits"`` or ``"split-mytable"``."""
+        name = self.dataset
+        if self.dataset == "parquet" and self.path:
+            base = os.path.basename(os.path.normpath(self.path))
+            name = base[: -len(".parquet")] if base.endswith(".parquet") else base
+        return f"{self.kind}-{name}"
 
 
 def make_stream(cfg: StreamConfig) -> TaskStream:
-    from sklearn.datasets import load_digits
+    """Build the :class:`TaskStream` that ``cfg`` describes; deterministic in ``cfg.seed``.
 
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32)
-    rng = np.random.default_rng(cfg.seed)
-    idx = rng.permutation(len(y))
-    n_test = int(len(y) * cfg.test_fraction)
-    te, tr = idx[:n_test], idx[n_test:]
-    tasks = []
-    for t in range(cfg.num_tasks):
-        perm = np.arange(64) if t == 0 else rng.permutation(64)
-        xt = torch.from_numpy(x[:, perm].copy())
-        yt = torch.from_numpy(y).long()
-        tasks.append(Task(t, f"permuted-{t}", xt[tr], yt[tr], xt[te], yt[te], tuple(range(10))))
-    return TaskStream(tuple(tasks), cfg.scenario or "domain", cfg.benchmark, (64,), 10)
+    Errors only the data can reveal (a missing file or column, a task count that does not
+    match the table) are :class:`~llray.errors.ConfigError` naming the ``stream`` field.
+
+    Example:
+        >>> s = make_stream(StreamConfig(dataset="digits", kind="permuted", num_tasks=2,
+        ...                              scenario="task"))
+        >>> s.num_classes, s.tasks[1].classes[:3], tuple(s.tasks[0].x_train.shape[1:])
+        (20, (10, 11, 12), (1, 8, 8))
+    """
+    arrays = load_arrays(cfg)
+    data = _split(cfg, arrays)
+    parts = _parts(cfg, arrays, data)
+    parts = sc.subsample(parts, cfg.max_train_per_task, cfg.seed)
+    return sc.assemble(parts, cfg.scenario_name, arrays.num_classes, cfg.benchmark, arrays.shape)
+
+
+def load_arrays(cfg: StreamConfig) -> Arrays:
+    """The whole dataset ``cfg`` names, before it is split into tasks."""
+    if cfg.dataset == "digits":
+        return load_digits()
+    if cfg.dataset == "mnist1d":
+        return load_mnist1d(cfg.num_samples or MNIST1D_DEFAULT_SAMPLES, cfg.seed)
+    assert cfg.path is not None
+    task_column = cfg.task_column if cfg.kind == "tasks" else None
+    arrays = load_parquet(cfg.path, cfg.label_column, cfg.feature_columns, task_column,
+                          cfg.input_shape, exclude=(cfg.task_column,))
+    _check_table(cfg, arrays)
+    return arrays
+
+
+def _check_table(cfg: StreamConfig, a: Arrays) -> None:
+    if cfg.kind == "tasks" and len(a.task_values) != cfg.num_tasks:
+        raise ConfigError("stream.num_tasks", f"the table's column {cfg.task_column!r} has "
+                          f"{len(a.task_values)} tasks, the config says {cfg.num_tasks}")
+    n_classes = len(np.unique(a.y))
+    if cfg.kind == "split" and n_classes < cfg.num_tasks:
+        raise ConfigError("stream.num_tasks", f"'split' needs a class per task; the table has "
+                          f"{n_classes} classes for {cfg.num_tasks} tasks")
+
+
+def _split(cfg: StreamConfig, a: Arrays) -> sc.Split:
+    """Stratified train/test split (by label, and by task for tables with tasks)."""
+    groups = a.y if a.task is None else a.task * a.num_classes + a.y
+    train, test = split_indices(groups, cfg.test_fraction, rng(cfg.seed, RNG_SPLIT))
+    x = a.x
+    if cfg.dataset == "mnist1d" or cfg.standardize:
+        x = standardize(x, train, per_feature=cfg.dataset == "parquet")
+
+    def t(v: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(v))
+
+    task = (None, None) if a.task is None else (t(a.task[train]), t(a.task[test]))
+    return sc.Split(t(x[train]), t(a.y[train]), t(x[test]), t(a.y[test]), *task)
+
+
+def _parts(cfg: StreamConfig, a: Arrays, data: sc.Split) -> list[sc.Part]:
+    if cfg.kind == "permuted":
+        return sc.permuted_parts(data, cfg.num_tasks, rng(cfg.seed, RNG_PERMUTE))
+    if cfg.kind == "rotated":
+        angles = cfg.angles or sc.task_angles(cfg.num_tasks, cfg.max_angle)
+        return sc.rotated_parts(data, angles)
+    if cfg.kind == "split":
+        g = rng(cfg.seed, RNG_CLASSES) if cfg.shuffle_classes else None
+        return sc.split_parts(data, sc.class_groups(np.unique(a.y).tolist(), cfg.num_tasks, g))
+    return sc.table_parts(data, a.task_values)
