@@ -61,7 +61,8 @@ class ModelConfig:
     kernel_size: int = 3
 
     def __post_init__(self) -> None:
-        require(self.name in MODEL_NAMES, "name", f"must be one of {MODEL_NAMES}, got {self.name!r}")
+        require(self.name in MODEL_NAMES, "name",
+                f"must be one of {', '.join(MODEL_NAMES)}, got {self.name!r}")
         require(len(self.hidden) >= 1, "hidden", "needs at least one hidden width")
         require(all(h >= 1 for h in self.hidden), "hidden", f"widths must be >= 1: {self.hidden}")
         require(len(self.channels) >= 1, "channels", "needs at least one conv block")

@@ -86,7 +86,8 @@ def test_cifar100_fine_labels(tmp_path):
 
 def test_missing_files_are_named_with_the_folders_searched(tmp_path):
     (tmp_path / "MNIST" / "raw").mkdir(parents=True)
-    write_idx(tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte", np.zeros((1, 28, 28), np.uint8))
+    raw = tmp_path / "MNIST" / "raw"
+    write_idx(raw / "train-images-idx3-ubyte", np.zeros((1, 28, 28), np.uint8))
     with pytest.raises(ConfigError) as e:
         load_vision("mnist", tmp_path)
     msg = str(e.value)

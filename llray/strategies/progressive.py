@@ -157,7 +157,9 @@ class Progressive(Strategy):
 
     def setup(self, model: nn.Module, ctx: Context) -> nn.Module:
         if ctx.scenario != "task":
-            raise ConfigError("progressive", f"supports the 'task' scenario only, got {ctx.scenario!r}")
+            raise ConfigError(
+                "progressive", f"supports the 'task' scenario only, got {ctx.scenario!r}"
+            )
         seen: set[int] = set()
         for t in ctx.stream_info.tasks:
             if seen & set(t.classes):
