@@ -22,24 +22,11 @@ TRAIN = TrainConfig(epochs=5, batch_size=32, lr=0.1)
 
 
 def split_digits(scenario: str, num_tasks: int = 5, seed: int = 0) -> TaskStream:
-    """Split digits (2 classes per task) from ``make_stream``; built here from the same
-    sklearn digits if the data layer does not provide the split kind."""
+    """Split digits: 2 classes per task."""
     s = make_stream(StreamConfig(dataset="digits", kind="split", scenario=scenario,
                                  num_tasks=num_tasks, seed=seed))
-    if all(len(t.classes) == 10 // num_tasks for t in s.tasks):
-        return s
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    x, y = torch.from_numpy((x / 16.0).astype(np.float32)), torch.from_numpy(y).long()
-    idx = torch.from_numpy(np.random.default_rng(seed).permutation(len(y)))
-    te, tr = idx[: len(y) // 4], idx[len(y) // 4 :]
-    k, tasks = 10 // num_tasks, []
-    for t in range(num_tasks):
-        cls = tuple(range(t * k, (t + 1) * k))
-        a, b = tr[torch.isin(y[tr], torch.tensor(cls))], te[torch.isin(y[te], torch.tensor(cls))]
-        tasks.append(Task(t, f"split-{t}", x[a], y[a], x[b], y[b], cls))
-    return TaskStream(tuple(tasks), scenario, "split-digits", (64,), 10)
+    assert all(len(t.classes) == 10 // num_tasks for t in s.tasks)
+    return s
 
 
 @pytest.fixture(scope="module")
