@@ -15,7 +15,7 @@ from llray.config import ExperimentConfig, RunSpec, load_config
 from llray.data import make_stream
 from llray.distributed.checkpoint import CheckpointStore, resolve
 from llray.distributed.session import alive_nodes, connect, loopback_only, storage_warnings
-from llray.results import check_writable, finished_run_ids
+from llray.results import check_writable, finished_run_ids, load_runs
 
 NAME = "run"
 HELP = "run the strategies x seeds x orders grid of an experiment config on Ray"
@@ -27,8 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", help="results directory (default: results/EXPERIMENT)")
     p.add_argument("--address", help="Ray cluster address ('auto' inside a Ray job)")
     p.add_argument("--resume", action="store_true",
-                   help="skip runs already in --output; continue the others from their "
-                        "checkpoints")
+                   help="skip runs already in --output (except failed ones); continue the "
+                        "others from their checkpoints")
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray")
     p.add_argument("--max-in-flight", type=int,
                    help="learner actors alive at once (default: twice what the cluster "
@@ -73,13 +73,19 @@ def execute(args: argparse.Namespace) -> int:
 
 
 def _todo(cfg: ExperimentConfig, output: str, ckpt: str) -> list[RunSpec]:
-    """The runs not yet in ``output``; says how many will continue from a checkpoint."""
+    """The runs not yet in ``output`` (or written there as failed), and what they resume."""
     done = finished_run_ids(output)
-    specs = [s for s in cfg.runs() if s.run_id not in done]
+    failed: set[str] = set()
+    if done:
+        runs = load_runs(output, columns=["run_id", "status"])
+        failed = set(runs.loc[runs["status"] == "failed", "run_id"])
+    specs = [s for s in cfg.runs() if s.run_id not in done - failed]
     saved = CheckpointStore(ckpt).run_ids()
     partial = sum(1 for s in specs if s.run_id in saved)
-    print(f"resume: {len(cfg.runs()) - len(specs)} runs already done, {partial} continue "
-          f"from checkpoints, {len(specs) - partial} start fresh", file=sys.stderr)
+    print(f"resume: {len(cfg.runs()) - len(specs)} runs already done, "
+          f"{sum(1 for s in specs if s.run_id in failed)} failed before and run again, "
+          f"{partial} continue from checkpoints, {len(specs) - partial} start fresh",
+          file=sys.stderr)
     return specs
 
 

@@ -185,7 +185,7 @@ class _Sweep:
         self.on_task, self.on_run = on_task, on_run
         self.store = CheckpointStore(resolve(options.checkpoint)) if options.checkpoint else None
         self.handle: StreamHandle | None = None
-        self.active: dict[ray.ObjectRef, _Run] = {}
+        self.active: dict[ray.ObjectRef, tuple[_Run, str]] = {}  # call -> run, kind
         self.finished: list[Finished] = []
 
     def run(self) -> list[Finished]:
@@ -197,14 +197,14 @@ class _Sweep:
                 while pending and len(self.active) < limit:
                     self._launch(_Run(pending.popleft()), resume=self.opt.resume)
                 [ref], _ = ray.wait(list(self.active), num_returns=1)
-                r = self.active.pop(ref)
+                r, kind = self.active.pop(ref)
                 try:
-                    self._handle(ref, r)
+                    self._handle(ref, r, kind)
                 except BaseException:  # a callback raised, or Ctrl-C: stop this one too
                     _kill(r.actor, r.attempts[-1])
                     raise
         finally:
-            for r in self.active.values():
+            for r, _ in self.active.values():
                 _kill(r.actor, r.attempts[-1])
             self.active.clear()
         return self.finished
@@ -216,32 +216,38 @@ class _Sweep:
         r.actor = LearnerActor.options(
             num_cpus=res.num_cpus, num_gpus=res.num_gpus, name=r.actor_name
         ).remote(r.spec, self.handle, self.store, resume)
-        self.active[r.actor.start.remote()] = r
+        self.active[r.actor.start.remote()] = (r, "start")
 
-    def _handle(self, ref: ray.ObjectRef, r: _Run) -> None:
+    def _handle(self, ref: ray.ObjectRef, r: _Run, kind: str) -> None:
+        """One call of ``r``'s actor returned (or its actor died): take the next step."""
         attempt = r.attempts[-1]
         try:
             out = ray.get(ref)
         except LOST as e:
             attempt.error = f"{type(e).__name__}: {e}"
+            if isinstance(e, RayActorError) and e.actor_init_failed:
+                return self._fail(r)  # building the run raised: it would raise again
             return self._restart(r)
         except RayTaskError as e:  # the learning code raised: retrying would not help
             attempt.error = f"{type(e).__name__}: {e}"
             return self._fail(r)
-        if isinstance(out[1], dict):  # start() -> (step, info)
+        if kind == "result":
+            return self._complete(r, *out)
+        if kind == "start":
             (step, row, status), info = out
             attempt.node_id, attempt.device = info["node_id"], info["device"]
             attempt.resumed_from, attempt.info = info["resumed_from"], info
-        else:  # learn_next() -> step
-            step, row, status = out
-            attempt.trained += 1
-            if status == "ok" and self.on_task is not None:
-                self.on_task(TaskEvent(r.spec, step, row, len(r.attempts) - 1,
-                                       attempt.node_id, r.actor_name))
-        if status == "ok" and step < len(r.spec.order):
-            self.active[r.actor.learn_next.remote()] = r
         else:
-            self._complete(r)
+            step, row, status = out
+            if status == "ok":
+                attempt.trained += 1
+                if self.on_task is not None:
+                    self.on_task(TaskEvent(r.spec, step, row, len(r.attempts) - 1,
+                                           attempt.node_id, r.actor_name))
+        if status == "ok" and step < len(r.spec.order):
+            self.active[r.actor.learn_next.remote()] = (r, "learn")
+        else:
+            self.active[r.actor.result.remote()] = (r, "result")
 
     def _restart(self, r: _Run) -> None:
         _kill(r.actor, r.attempts[-1])
@@ -249,12 +255,8 @@ class _Sweep:
             return self._fail(r)
         self._launch(r, resume=True)
 
-    def _complete(self, r: _Run) -> None:
-        try:
-            result, started_at, finished_at = ray.get(r.actor.result.remote())
-        except LOST as e:
-            r.attempts[-1].error = f"{type(e).__name__}: {e}"
-            return self._restart(r)
+    def _complete(self, r: _Run, result: RunResult, started_at: datetime,
+                  finished_at: datetime) -> None:
         _kill(r.actor, r.attempts[-1])
         self._record(Finished(r.spec, result, started_at, finished_at, r.attempts))
         if self.store is not None and not self.opt.keep_checkpoints:
