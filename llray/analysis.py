@@ -1,0 +1,564 @@
+"""Metrics of every run straight from the ``r_matrix/`` Parquet dataset, vectorised.
+
+The store (:mod:`llray.results`) holds one row per R entry with ``step`` (0 = random
+init, i = after the i-th task of the order) and ``eval_pos`` (1-based position of the
+evaluated task in the order), so the diagonal ``R[j, j]`` is ``step == eval_pos``. With
+these two columns the metrics of every run come out of one grouped query over the files
+— DuckDB by default, or NumPy over a pyarrow read (the pandas fallback) — with no
+Python loop over runs:
+
+- ACC = mean_j R[T, j]
+- BWT = 1/(T-1) Σ_{j<T} (R[T, j] − R[j, j])
+- FWT = 1/(T-1) Σ_{j≥2} (R[j−1, j] − R[0, j])
+- forgetting = 1/(T-1) Σ_{j<T} (max_{j≤l<T} R[l, j] − R[T, j])
+- learning accuracy = mean_j R[j, j]
+
+These are the formulas of :mod:`llray.metrics` (divided by T−1 as in the GEM paper);
+the tests check that both give the same numbers on the same R. A run whose R holds NaN
+(it diverged, or failed) gets NaN metrics; :func:`summarize` leaves those out of the
+means and counts them.
+
+Example:
+    >>> per_run = run_metrics("results/quickstart")                 # doctest: +SKIP
+    >>> summarize(per_run, by=["strategy"])                         # doctest: +SKIP
+    >>> summary("results/ewc_lambda", by=["ewc.lambda_"])           # doctest: +SKIP
+
+DuckDB users can query the same views directly::
+
+    con = connect("results/quickstart")
+    con.sql("SELECT strategy, avg(acc) FROM run_metrics GROUP BY strategy")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from llray.errors import ConfigError
+
+METRICS = ("acc", "bwt", "fwt", "forgetting", "learning_accuracy")
+#: columns of :func:`run_metrics` besides the metrics and the requested parameters
+RUN_COLUMNS = ("run_id", "experiment", "strategy", "benchmark", "scenario", "seed",
+               "order", "num_tasks", "status", "study")
+ENGINES = ("auto", "duckdb", "pandas")
+_META = ("experiment", "strategy", "benchmark", "scenario", "seed")
+_R_READ = ("run_id", *_META, "step", "eval_task", "eval_pos", "accuracy")
+_SECTIONS = ("stream", "model", "train")
+_PARTITION = "experiment="
+
+
+# -- files ----------------------------------------------------------------------------------
+def parquet_files(output: str | Path, dataset: str = "r_matrix") -> list[str]:
+    """The data files of ``OUTPUT/<dataset>/`` (hidden, ``_`` and temporary names skipped).
+
+    Raises:
+        ConfigError: ``output`` is not a directory, or (for ``r_matrix``) holds no files.
+    """
+    root = Path(output)
+    if not root.is_dir():
+        raise ConfigError("output", f"results directory {os.fspath(output)!r} does not exist")
+    files = sorted(str(p) for p in (root / dataset).rglob("*.parquet")
+                   if not p.name.startswith((".", "_")) and p.is_file())
+    if not files and dataset == "r_matrix":
+        raise ConfigError("output", f"no results in {os.fspath(output)!r}: no Parquet files "
+                                    f"under {root / dataset}/ (written by 'llray run' or "
+                                    "'llray tune')")
+    return files
+
+
+def check_files(files: Sequence[str], dataset: str = "r_matrix") -> None:
+    """Raise a :class:`ConfigError` naming the first file that is not an llray file.
+
+    Reads each file's footer only: a corrupt file, a file outside an
+    ``experiment=NAME`` directory, or a foreign one (columns or types not those of
+    :mod:`llray.results`) is named with what is wrong. Used to explain a failed query.
+    """
+    import pyarrow.parquet as pq
+
+    from llray import results
+
+    expected = {"r_matrix": results.R_MATRIX_FILE_SCHEMA, "runs": results.RUNS_FILE_SCHEMA}[dataset]
+    for f in files:
+        if not Path(f).parent.name.startswith(_PARTITION):
+            raise ConfigError(f, f"not in an '{_PARTITION}NAME' directory under {dataset}/")
+        try:
+            schema = pq.read_schema(f)
+        except Exception as e:  # noqa: BLE001 - any reader error means a bad file
+            raise ConfigError(f, f"cannot read Parquet file ({type(e).__name__}: {e})") from None
+        problems = [f"missing column {x.name} ({x.type})" for x in expected
+                    if x.name not in schema.names]
+        problems += [f"column {x.name} is {schema.field(x.name).type}, expected {x.type}"
+                     for x in expected if x.name in schema.names
+                     and not schema.field(x.name).type.equals(x.type)]
+        if problems:
+            raise ConfigError(f, f"not an llray {dataset} file: " + "; ".join(problems))
+
+
+def _source(files: Sequence[str]) -> str:
+    listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+    return f"read_parquet([{listed}], hive_partitioning = true)"
+
+
+def _has_duckdb() -> bool:
+    try:
+        import duckdb  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _engine(engine: str, output: str | Path) -> str:
+    if engine not in ENGINES:
+        raise ConfigError("engine", f"must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "auto":
+        remote = "://" in os.fspath(output)
+        return "duckdb" if _has_duckdb() and not remote else "pandas"
+    return engine
+
+
+def _query(sql: str, files: Sequence[str], runs: Sequence[str] = (),
+           threads: int | None = None) -> pd.DataFrame:
+    """Run ``sql`` in a fresh DuckDB; a read error becomes a ConfigError naming the file."""
+    import duckdb
+
+    con = duckdb.connect(config={"threads": threads} if threads else {})
+    try:
+        return con.sql(sql).df()
+    except duckdb.Error as e:
+        check_files(files, "r_matrix")
+        check_files(runs, "runs")
+        raise ConfigError("output", f"cannot read the results: {e}") from None
+    finally:
+        con.close()
+
+
+# -- per-run metrics -------------------------------------------------------------------------
+def metrics_sql(source: str, metrics: Sequence[str] = METRICS) -> str:
+    """The per-run metrics query over ``source`` (a table, view or ``read_parquet``).
+
+    T is ``max(eval_pos)`` over each run (a window). A run with missing entries gets
+    NULL metrics rather than those of a smaller R; NaN accuracies propagate to NaN
+    metrics as in NumPy. A run stored twice (see :mod:`llray.results`) counts once:
+    every metric is a difference of means over masks of (step, eval_pos), which copies
+    leave unchanged. Without ``forgetting`` this is one ``GROUP BY run_id``; forgetting
+    needs each column's maximum first, which adds a stage grouped by (run, column).
+    Either way the files are read once.
+    """
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ConfigError("metrics", f"unknown {unknown}; allowed: {', '.join(METRICS)}")
+    meta = ", ".join(f"any_value({c}) AS {c}" for c in _META)
+    cells = (f"WITH cells AS (SELECT run_id, {', '.join(_META)}, step, eval_task, eval_pos, "
+             f"accuracy, max(eval_pos) OVER (PARTITION BY run_id) AS T FROM {source})")
+    if "forgetting" not in metrics:
+        exprs = {
+            "acc": "avg(accuracy) FILTER (WHERE step = T)",
+            "bwt": "avg(accuracy) FILTER (WHERE step = T AND eval_pos < T) - "
+                   "avg(accuracy) FILTER (WHERE step = eval_pos AND eval_pos < T)",
+            "fwt": "avg(accuracy) FILTER (WHERE step = eval_pos - 1 AND eval_pos >= 2) - "
+                   "avg(accuracy) FILTER (WHERE step = 0 AND eval_pos >= 2)",
+            "learning_accuracy": "avg(accuracy) FILTER (WHERE step = eval_pos)",
+        }
+        complete = ("count(accuracy) = count(*) FILTER (WHERE step = 0 AND eval_pos = 1) "
+                    "* any_value(T) * (any_value(T) + 1)")
+        cols = ", ".join(f"CASE WHEN {complete} THEN {exprs[m]} END AS {m}" for m in metrics)
+        return (f"{cells}\nSELECT run_id, {meta}, {_order_expr()} AS \"order\", "
+                f"CAST(any_value(T) AS INTEGER) AS num_tasks, {cols}\n"
+                f"FROM cells GROUP BY run_id")
+    exprs = {
+        "acc": "avg(fin)",
+        "bwt": "avg(fin - diag) FILTER (WHERE eval_pos < T)",
+        "fwt": "avg(prev - init) FILTER (WHERE eval_pos >= 2)",
+        "forgetting": "avg(best - fin) FILTER (WHERE eval_pos < T)",
+        "learning_accuracy": "avg(diag)",
+    }
+    complete = "sum(n) = sum(copies) * (any_value(T) + 1)"
+    cols = ", ".join(f"CASE WHEN {complete} THEN {exprs[m]} END AS {m}" for m in metrics)
+    return f"""{cells},
+cols AS (
+  SELECT run_id, eval_pos, {meta}, any_value(T) AS T, count(accuracy) AS n,
+    count(*) FILTER (WHERE step = 0) AS copies,
+    any_value(eval_task) FILTER (WHERE step = 0) AS task,
+    any_value(accuracy) FILTER (WHERE step = T) AS fin,
+    any_value(accuracy) FILTER (WHERE step = eval_pos) AS diag,
+    any_value(accuracy) FILTER (WHERE step = eval_pos - 1) AS prev,
+    any_value(accuracy) FILTER (WHERE step = 0) AS init,
+    max(accuracy) FILTER (WHERE step BETWEEN eval_pos AND T - 1) AS best
+  FROM cells GROUP BY run_id, eval_pos)
+SELECT run_id, {meta}, string_agg(CAST(task AS VARCHAR), ',' ORDER BY eval_pos) AS "order",
+  CAST(any_value(T) AS INTEGER) AS num_tasks, {cols}
+FROM cols GROUP BY run_id"""
+
+
+def _order_expr() -> str:
+    """The order as text from each position's step-0 row (every k-th entry: k copies)."""
+    return ("array_to_string(list_slice(list(eval_task ORDER BY eval_pos) FILTER (WHERE step = 0), "
+            "1, -1, count(*) FILTER (WHERE step = 0 AND eval_pos = 1)), ',')")
+
+
+def run_metrics(
+    output: str | Path,
+    params: Sequence[str] = (),
+    metrics: Sequence[str] = METRICS,
+    engine: str = "auto",
+    experiment: str | None = None,
+    threads: int | None = None,
+) -> pd.DataFrame:
+    """One row per run: its metadata, ACC, BWT, FWT, forgetting, learning accuracy.
+
+    Args:
+        output: results directory (``OUTPUT/r_matrix/``; ``OUTPUT/runs/`` adds each
+            run's ``status``, and ``study`` for tuning trials).
+        params: config values to add as columns, by the names tuning uses:
+            ``ewc.lambda_`` (a strategy's field), ``train.lr``, ``model.hidden``,
+            ``order``; a trial's searched values come from its ``tuning`` record. Runs
+            without the value get None. See :func:`param_value`.
+        metrics: which of :data:`METRICS` to compute (without ``forgetting`` the query
+            has one grouping stage instead of two: about twice as fast).
+        engine: ``duckdb`` (one SQL query over the files), ``pandas`` (pyarrow +
+            NumPy, no DuckDB needed, also for ``s3://`` URIs) or ``auto``.
+        experiment: only this experiment (ConfigError naming the ones there if absent).
+        threads: DuckDB threads (default: DuckDB's).
+
+    Returns:
+        Columns :data:`RUN_COLUMNS` + ``metrics`` + ``params``, sorted by ``run_id``;
+        ``order`` is the task order as text (``"2,0,1"``).
+
+    Raises:
+        ConfigError: no results, a corrupt or foreign file (named), an unknown
+            experiment.
+
+    Example:
+        >>> df = run_metrics("results/quickstart")                  # doctest: +SKIP
+        >>> df.groupby("strategy")["acc"].mean()                     # doctest: +SKIP
+    """
+    metrics = list(metrics)
+    metrics_sql("t", metrics)  # checks the names
+    engine = _engine(engine, output)
+    if engine == "duckdb":
+        files = parquet_files(output, "r_matrix")
+        runs = parquet_files(output, "runs")
+        if experiment is not None:
+            files, runs = _only(files, experiment), _only(runs, experiment)
+            if not files:
+                raise ConfigError("experiment", _absent(experiment, parquet_files(output)))
+        df = _duckdb_metrics(files, runs, metrics, threads)
+    else:
+        df = _pandas_metrics(output, metrics, experiment)
+    df = df.sort_values("run_id", ignore_index=True)
+    params = [p for p in params if p not in df.columns]
+    if params:
+        df = add_params(df, params, _configs(output, df["run_id"]))
+    return df
+
+
+def _only(files: Sequence[str], experiment: str) -> list[str]:
+    from urllib.parse import quote
+
+    return [f for f in files if Path(f).parent.name == _PARTITION + quote(experiment, safe="")]
+
+
+def _absent(experiment: str, files: Sequence[str]) -> str:
+    from urllib.parse import unquote
+
+    names = sorted({unquote(Path(f).parent.name[len(_PARTITION):]) for f in files})
+    return f"{experiment!r} is not in the results; experiments there: {', '.join(names)}"
+
+
+def _duckdb_metrics(files: Sequence[str], runs: Sequence[str], metrics: Sequence[str],
+                    threads: int | None) -> pd.DataFrame:
+    sql = metrics_sql(_source(files), metrics)
+    if runs:
+        sql = (f"SELECT m.*, r.status, json_extract_string(r.config, '$.tuning.study') AS study "
+               f"FROM ({sql}) m LEFT JOIN (SELECT run_id, any_value(status) AS status, "
+               f"any_value(config) AS config FROM {_source(runs)} GROUP BY run_id) r "
+               f"USING (run_id)")
+    return _finish(_query(sql, files, runs, threads), metrics)
+
+
+def _finish(df: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    for col in ("status", "study"):
+        if col not in df:
+            df[col] = None
+    df["seed"] = df["seed"].astype("int64")
+    df["num_tasks"] = df["num_tasks"].astype("int32")
+    for m in metrics:
+        df[m] = df[m].astype("float64")
+    return df[list(RUN_COLUMNS) + list(metrics)]
+
+
+# -- the pandas fallback ---------------------------------------------------------------------
+def _pandas_metrics(output: str | Path, metrics: Sequence[str],
+                    experiment: str | None) -> pd.DataFrame:
+    """The same per-run metrics with pyarrow + NumPy: R rows scattered into dense stacks.
+
+    Runs are grouped by their number of tasks T; each group becomes one array
+    ``[n_runs, T + 1, T]`` and :func:`llray.metrics.summary` runs on the whole stack.
+    """
+    from llray import metrics as M
+    from llray import results
+
+    df = results.load_r_matrix(output, columns=list(_R_READ), experiment=experiment)
+    if df.empty:
+        raise ConfigError("output", _absent(experiment, parquet_files(output))
+                          if experiment is not None and "://" not in os.fspath(output)
+                          else f"no results in {os.fspath(output)!r}")
+    codes, run_ids = pd.factorize(df["run_id"], sort=True)
+    n = len(run_ids)
+    T = np.zeros(n, dtype=np.int64)
+    np.maximum.at(T, codes, df["eval_pos"].to_numpy())
+    first = np.unique(codes, return_index=True)[1]
+    out = df.iloc[first][["run_id", *_META]].reset_index(drop=True)
+    out["num_tasks"] = T
+    order = np.full(n, "", dtype=object)
+    values = {m: np.full(n, np.nan) for m in metrics}
+    step, pos = df["step"].to_numpy(), df["eval_pos"].to_numpy()
+    acc, task = df["accuracy"].to_numpy(dtype="float64"), df["eval_task"].to_numpy()
+    for t in np.unique(T):  # one stack per number of tasks, not one per run
+        runs_t = np.flatnonzero(T == t)
+        local = np.full(n, -1)
+        local[runs_t] = np.arange(len(runs_t))
+        rows = T[codes] == t
+        R = np.full((len(runs_t), t + 1, t), np.nan)
+        R[local[codes[rows]], step[rows], pos[rows] - 1] = acc[rows]
+        O = np.full((len(runs_t), t), -1, dtype=np.int64)
+        init = rows & (step == 0)
+        O[local[codes[init]], pos[init] - 1] = task[init]
+        order[runs_t] = _join_columns(O)
+        s = M.summary(R)
+        for m in metrics:
+            values[m][runs_t] = s[m]
+    out["order"] = order
+    for m in metrics:
+        out[m] = values[m]
+    status = results.load_runs(output, columns=["run_id", "status", "config"],
+                               experiment=experiment)
+    status["study"] = [(_loads(c).get("tuning") or {}).get("study") for c in status["config"]]
+    out = out.merge(status[["run_id", "status", "study"]], on="run_id", how="left")
+    return _finish(out, metrics)
+
+
+def _join_columns(a: np.ndarray) -> np.ndarray:
+    """Rows of an int matrix as ``"2,0,1"`` strings (a loop over columns, not rows)."""
+    text = a[:, 0].astype(str).astype(object)
+    for k in range(1, a.shape[1]):
+        text = text + "," + a[:, k].astype(str).astype(object)
+    return text
+
+
+def _loads(text: Any) -> dict:
+    try:
+        value = json.loads(text) if isinstance(text, str) else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+# -- parameters from the config JSON ---------------------------------------------------------
+def _configs(output: str | Path, run_ids: pd.Series) -> pd.Series:
+    """Each run's config JSON (None when the runs table lacks it), aligned to ``run_ids``."""
+    from llray import results
+
+    runs = results.load_runs(output, columns=["run_id", "config"])
+    return run_ids.map(runs.set_index("run_id")["config"])
+
+
+def param_value(config: dict, key: str) -> Any:
+    """A config value by its tuning name (``ewc.lambda_``, ``train.lr``, ``order``).
+
+    A tuning trial's searched values (``config["tuning"]["params"]``) come first; then
+    the ``stream``/``model``/``train`` sections; otherwise ``NAME.field`` is a field of
+    the strategy ``NAME`` and is None for runs of other strategies.
+
+    Example:
+        >>> param_value({"strategy": {"name": "ewc", "lambda_": 10.0}}, "ewc.lambda_")
+        10.0
+        >>> param_value({"strategy": {"name": "naive"}}, "ewc.lambda_") is None
+        True
+    """
+    searched = (config.get("tuning") or {}).get("params") or {}
+    if key in searched:
+        return searched[key]
+    if key in ("order", "seed", "strategy"):
+        value = config.get(key)
+        return (value.get("label") or value.get("name")) if isinstance(value, dict) else value
+    head, _, rest = key.partition(".")
+    if head in _SECTIONS:
+        value: Any = config.get(head)
+    else:
+        strategy = config.get("strategy") or {}
+        value = strategy if strategy.get("name") == head else None
+    for part in rest.split(".") if rest else []:
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def add_params(df: pd.DataFrame, keys: Sequence[str], configs: pd.Series) -> pd.DataFrame:
+    """``df`` with one column per key, read from each run's config JSON.
+
+    Lists become text (``"2,0,1"``) so they can be grouped on; numbers stay numbers.
+    """
+    parsed = [_loads(c) for c in configs]
+    df = df.copy()
+    for key in keys:
+        values = [_hashable(param_value(c, key)) for c in parsed]
+        df[key] = _numeric(pd.Series(values, index=df.index, dtype=object))
+    return df
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def _numeric(s: pd.Series) -> pd.Series:
+    def is_number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if s.notna().any() and s.map(lambda v: v is None or is_number(v)).all():
+        return pd.to_numeric(s, errors="coerce")
+    return s
+
+
+# -- grouping and confidence intervals -------------------------------------------------------
+def t_halfwidth(std: Any, n: Any, confidence: float = 0.95) -> np.ndarray:
+    """Half-width of the Student-t interval of a mean: t_{(1+c)/2, n−1} · std / √n.
+
+    ``std`` is the sample standard deviation (ddof 1); NaN where ``n < 2``.
+
+    Example:
+        >>> round(float(t_halfwidth(1.0, 4)), 4)   # t_{0.975, 3} / 2
+        1.5912
+    """
+    from scipy import stats
+
+    std = np.asarray(std, dtype="float64")
+    n = np.asarray(n, dtype="float64")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = stats.t.ppf((1 + confidence) / 2, np.where(n >= 2, n - 1, np.nan))
+        return t * std / np.sqrt(n)
+
+
+def summarize(
+    per_run: pd.DataFrame,
+    by: Sequence[str] | str = ("strategy",),
+    metrics: Sequence[str] = ("acc", "bwt", "fwt"),
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Mean, sample std and Student-t confidence interval of each metric per group.
+
+    Each run is one sample: grouped by ``strategy`` the interval is over that
+    strategy's seeds (and orders, if the sweep had several; add ``order`` to ``by`` to
+    keep them apart). Runs with a NaN metric (diverged or failed) are left out of that
+    metric and counted in ``n_nan``.
+
+    Returns:
+        One row per group: the ``by`` columns, ``n`` (runs), ``n_nan``, and per metric
+        ``M``: ``M`` (mean), ``M_std``, ``M_n``, ``M_ci_low``, ``M_ci_high``.
+
+    Example:
+        >>> df = pd.DataFrame({"strategy": ["a", "a", "b"], "acc": [0.5, 0.7, 0.9]})
+        >>> s = summarize(df, metrics=["acc"])
+        >>> s[["strategy", "n", "acc"]].round(3).to_dict("records")
+        [{'strategy': 'a', 'n': 2, 'acc': 0.6}, {'strategy': 'b', 'n': 1, 'acc': 0.9}]
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    for col in [*by, *metrics]:
+        if col not in per_run.columns:
+            raise ConfigError("by" if col in by else "metrics",
+                              f"unknown column {col!r}; columns: {', '.join(per_run.columns)}"
+                              " (study parameters: pass params=[...] to run_metrics)")
+    if not 0 < confidence < 1:
+        raise ConfigError("confidence", f"must be in (0, 1), got {confidence}")
+    grouped = per_run.groupby(by, dropna=False, sort=True)
+    out = grouped.size().rename("n").to_frame()
+    counts = []
+    for m in metrics:
+        agg = grouped[m].agg(["mean", "std", "count"])
+        half = t_halfwidth(agg["std"], agg["count"], confidence)
+        out[m] = agg["mean"]
+        out[f"{m}_std"] = agg["std"]
+        out[f"{m}_n"] = agg["count"]
+        out[f"{m}_ci_low"] = agg["mean"] - half
+        out[f"{m}_ci_high"] = agg["mean"] + half
+        counts.append(agg["count"])
+    out.insert(1, "n_nan", out["n"] - pd.concat(counts, axis=1).min(axis=1) if counts else 0)
+    return out.reset_index()
+
+
+def summary(
+    output: str | Path,
+    by: Sequence[str] | str = ("strategy",),
+    metrics: Sequence[str] = ("acc", "bwt", "fwt"),
+    confidence: float = 0.95,
+    engine: str = "auto",
+) -> pd.DataFrame:
+    """:func:`run_metrics` then :func:`summarize`; ``by`` may name study parameters.
+
+    Example:
+        >>> summary("results/ewc_lambda", by=["ewc.lambda_"])        # doctest: +SKIP
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    params = [b for b in by if b not in RUN_COLUMNS and b not in METRICS]
+    need = list(dict.fromkeys([*metrics, "acc"]))
+    return summarize(run_metrics(output, params, need, engine), by, metrics, confidence)
+
+
+# -- mean R per group (heatmaps, curves) ------------------------------------------------------
+def mean_r(output: str | Path, by: Sequence[str] = ("experiment", "strategy"),
+           engine: str = "auto") -> pd.DataFrame:
+    """Mean accuracy per (group, T, step, eval_pos) over the group's runs, NaN left out.
+
+    Columns of R are order positions (``eval_pos``), so runs with different orders
+    average as "the j-th task learned". ``n`` counts the runs with a finite value.
+
+    Example:
+        >>> mean_r("results/quickstart").head()                     # doctest: +SKIP
+    """
+    by = list(by)
+    keys = ", ".join(f'"{b}"' for b in by)
+    if _engine(engine, output) == "duckdb":
+        files = parquet_files(output, "r_matrix")
+        sql = (f"WITH c AS (SELECT {keys}, step, eval_pos, accuracy, max(eval_pos) OVER "
+               f"(PARTITION BY run_id) AS num_tasks FROM {_source(files)}) "
+               f"SELECT {keys}, CAST(num_tasks AS INTEGER) AS num_tasks, step, eval_pos, "
+               f"avg(accuracy) FILTER (WHERE NOT isnan(accuracy)) AS accuracy, "
+               f"count(accuracy) FILTER (WHERE NOT isnan(accuracy)) AS n FROM c "
+               f"GROUP BY ALL ORDER BY ALL")
+        return _query(sql, files)
+    from llray import results
+
+    df = results.load_r_matrix(output, columns=list(dict.fromkeys(
+        ["run_id", *by, "step", "eval_pos", "accuracy"])))
+    df["num_tasks"] = df.groupby("run_id")["eval_pos"].transform("max").astype("int32")
+    df = df[np.isfinite(df["accuracy"])]
+    g = df.groupby([*by, "num_tasks", "step", "eval_pos"], sort=True)["accuracy"]
+    return g.agg(accuracy="mean", n="count").reset_index()
+
+
+def connect(output: str | Path, threads: int | None = None) -> Any:
+    """A DuckDB connection with views ``r_matrix``, ``runs`` and ``run_metrics``.
+
+    Example:
+        >>> con = connect("results/quickstart")                      # doctest: +SKIP
+        >>> con.sql("SELECT strategy, avg(acc) FROM run_metrics GROUP BY 1").df()  # doctest: +SKIP
+    """
+    import duckdb
+
+    files = parquet_files(output, "r_matrix")
+    runs = parquet_files(output, "runs")
+    con = duckdb.connect(config={"threads": threads} if threads else {})
+    con.execute(f"CREATE VIEW r_matrix AS SELECT * FROM {_source(files)}")
+    if runs:
+        con.execute(f"CREATE VIEW runs AS SELECT * FROM {_source(runs)}")
+    con.execute(f"CREATE VIEW run_metrics AS {metrics_sql('r_matrix')}")
+    return con
