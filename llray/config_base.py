@@ -54,13 +54,18 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is Any:
         return value
     if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None and len(options) < len(typing.get_args(hint)):
+            return None
         errors = []
-        for arg in typing.get_args(hint):
+        for arg in options:
             try:
                 return _coerce(value, arg, where)
             except ConfigError as e:
                 errors.append(e.message)
-        raise ConfigError(where, f"expected {_name(hint)}, got {value!r}")
+        if len(errors) == 1:  # X | None: the error of X says what is allowed
+            raise ConfigError(where, errors[0])
+        raise ConfigError(where, f"expected one of: {'; '.join(errors)}")
     if hint is type(None):
         if value is None:
             return None
@@ -93,10 +98,6 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(where, f"expected a string, got {value!r}")
         return value
     return value
-
-
-def _name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def require(ok: bool, field: str, message: str) -> None:

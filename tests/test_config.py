@@ -16,7 +16,11 @@ BASE = {
 
 
 def with_(**changes):
-    return {**BASE, **changes}
+    """BASE with ``changes``; a ``stream`` change is merged into BASE's stream."""
+    out = {**BASE, **changes}
+    if "stream" in changes:
+        out["stream"] = {**BASE["stream"], **changes["stream"]}
+    return out
 
 
 def test_grid_is_strategies_by_seeds_by_orders():
@@ -63,6 +67,7 @@ def test_load_config_reads_yaml_and_defaults_experiment_to_file_name(tmp_path):
         ({"stream": {"num_tasks": 1}}, "stream.num_tasks", ["at least 2"]),
         ({"stream": {"dataset": "imagenet"}}, "stream.dataset", ["digits", "mnist1d"]),
         ({"stream": {"kind": "shuffled"}}, "stream.kind", ["permuted", "split"]),
+        ({"stream": {"scenario": "online"}}, "stream.scenario", ["'task'", "'class'", "online"]),
         ({"orders": [[0, 1, 1]]}, "orders[0]", ["not a permutation"]),
         ({"orders": [[0, 1]]}, "orders[0]", ["not a permutation"]),
         ({"orders": ["sorted"]}, "orders[0]", ["identity", "random:K"]),
