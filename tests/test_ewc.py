@@ -12,7 +12,7 @@ from torch import nn
 from llray.data import StreamConfig, Task, TaskStream, make_stream
 from llray.errors import ConfigError
 from llray.learner import LifelongRun, run_stream
-from llray.models import MLP, ModelConfig, build_model
+from llray.models import MLP, ConvNet, ModelConfig, build_model
 from llray.strategies import Context, TrainConfig, make_strategy
 from llray.strategies._fisher import _fast_linears, _sample_labels, fisher_diagonal
 from llray.strategies.ewc import EWC, EWCConfig
@@ -91,6 +91,16 @@ def test_fisher_general_path_shared_and_frozen_parameters(kind):
     got = fisher_diagonal(model, x, y, kind=kind, batch_size=5)
     assert "frozen.weight" not in got and "scale" in got
     assert_same(got, loop_fisher(model, x, y, kind))
+
+
+def test_fisher_convnet_conv_general_head_fast():
+    torch.manual_seed(2)
+    model = ConvNet((1, 8, 8), 5, channels=(3,)).double()
+    x = torch.rand(10, 1, 8, 8, dtype=torch.float64)
+    y = torch.arange(10) % 5
+    assert list(_fast_linears(model, x[:1])) == ["head"]
+    assert_same(fisher_diagonal(model, x, y, kind="exact", batch_size=4),
+                loop_fisher(model, x, y, "exact"))
 
 
 def test_fast_path_selects_every_mlp_layer():
@@ -315,3 +325,10 @@ def test_ewc_run_resumes_exactly_from_a_checkpoint(stream):
     resumed.load_state_dict(roundtrip(part.state_dict()))
     resumed.learn_next()
     np.testing.assert_array_equal(resumed.R, full.R)
+
+
+def test_warns_when_sgd_cannot_follow_the_penalty(stream):
+    model = build_model(ModelConfig(hidden=(32,)), stream.input_shape, stream.num_classes, 0)
+    two = TaskStream(stream.tasks[:2], stream.scenario, stream.benchmark, stream.input_shape, 10)
+    with pytest.warns(RuntimeWarning, match="lambda_"):
+        run_stream(two, model, make_strategy("ewc", {"lambda_": 1e4}), TrainConfig(lr=0.1))

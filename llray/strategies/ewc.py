@@ -32,6 +32,7 @@ Example config::
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -122,6 +123,7 @@ class EWC(Strategy):
         self.const = 0.0  # K = Σ (C − B²/A) (online: 0)
         self.tasks = 0  # tasks consolidated
         self._flat_cache: tuple[list[str], Tensor, Tensor] | None = None
+        self._warned = False
 
     # -- penalty ---------------------------------------------------------------------------
     def penalty(self, model: nn.Module) -> Tensor:
@@ -146,8 +148,13 @@ class EWC(Strategy):
             if not names:
                 empty = torch.zeros(0)
                 return [], empty, empty
-            A = torch.cat([self.importance[n].reshape(-1) for n in names])
-            mu = torch.cat([self.anchor[n].reshape(-1) for n in names])
+            A = torch.cat([self.importance[n].reshape(-1) for n in names])  # [P]
+            mu = torch.cat([self.anchor[n].reshape(-1) for n in names])  # [P]
+            # the per-name tensors become views of the flat ones: no second copy
+            sizes = [self.importance[n].numel() for n in names]
+            for n, a, m in zip(names, A.split(sizes), mu.split(sizes)):
+                self.importance[n] = a.view_as(self.importance[n])
+                self.anchor[n] = m.view_as(self.anchor[n])
             self._flat_cache = (names, A, mu)
         return self._flat_cache
 
@@ -201,6 +208,25 @@ class EWC(Strategy):
         finally:
             model.train(was_training)
         self.consolidate(fisher, trainable(model))
+        self._warn_if_too_stiff(ctx)
+
+    def _warn_if_too_stiff(self, ctx: Context) -> None:
+        """Warn when plain SGD cannot follow the penalty: along a parameter with
+        importance ``A`` the penalty has curvature ``λ A``, and gradient descent (heavy
+        ball with momentum β) on it oscillates and diverges once ``lr λ A > 2 (1 + β)``."""
+        cfg = ctx.train
+        if cfg.optimizer != "sgd" or not self.importance or self._warned:
+            return
+        stiff = cfg.lr * self.config.lambda_ * float(self._flat()[1].max())
+        if stiff > 2 * (1 + cfg.momentum):
+            self._warned = True
+            warnings.warn(
+                f"ewc: lr * lambda_ * max Fisher = {stiff:.3g} > {2 * (1 + cfg.momentum):.3g}; "
+                "SGD will oscillate on the EWC penalty and the run will likely diverge. "
+                "Lower ewc.lambda_ or train.lr, or use train.optimizer: adam.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def _fisher_set(self, task: Task, ctx: Context) -> tuple[Tensor, Tensor]:
         """The task's training samples, or ``fisher_samples`` of them drawn at random."""
