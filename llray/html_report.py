@@ -1,0 +1,541 @@
+"""``llray report DIR --html FILE``: one self-contained page of figures from the store.
+
+Per experiment:
+
+- the summary table of :mod:`llray.report` (mean ± std per strategy, naive/joint bounds);
+- an R heatmap per strategy: mean over its runs (seeds, orders) of R ``[T + 1, T]``,
+  row 0 (random init) included, columns = the j-th task of the order;
+- accuracy of each task over time: one panel per strategy, one line per task;
+- ACC, BWT and FWT per strategy with Student-t 95% intervals over the runs, the naive
+  (lower) and joint (upper) bounds drawn as reference lines;
+- for a study (``llray tune``): each searched parameter against the objectives, and
+  the parameter importances (``optuna.importance`` on the study's Optuna storage when
+  there is one, else on the trials in the runs table).
+
+Images are PNGs drawn with matplotlib's Agg renderer (no display, no pyplot state) and
+embedded as base64 ``data:`` URIs, so the page needs no other file; ``--png DIR`` writes
+the same figures as files.
+
+Example:
+    >>> write_html("results/quickstart", "report.html")             # doctest: +SKIP
+    >>> write_pngs("results/quickstart", "figures/")                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from llray import analysis
+from llray.errors import ConfigError
+
+BOUNDS = {"naive": "lower", "joint": "upper"}
+_BAR_METRICS = ("acc", "bwt", "fwt")
+_COLORS = {"lower": "#d62728", "upper": "#2ca02c", "": "#1f77b4"}
+
+
+@dataclass
+class Figure:
+    """One rendered figure: what it shows and its PNG bytes."""
+
+    name: str  # file stem, unique in a report
+    kind: str  # heatmap | curves | bars | params | importance
+    experiment: str
+    caption: str
+    png: bytes
+    strategy: str = ""
+
+    def data_uri(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+
+
+@dataclass
+class Section:
+    """One experiment (or study): its summary table and figures."""
+
+    experiment: str
+    study: bool
+    table: pd.DataFrame
+    figures: list[Figure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# -- data -----------------------------------------------------------------------------------
+def _registered(config: Any) -> str:
+    try:
+        name = json.loads(config)["strategy"]["name"]
+    except (TypeError, ValueError, KeyError):
+        return ""
+    return name if isinstance(name, str) else ""
+
+
+def _runs(output: str | Path) -> pd.DataFrame:
+    from llray.results import load_runs
+
+    return load_runs(output, columns=["run_id", "experiment", "strategy", "status", "config"])
+
+
+def build(output: str | Path, dpi: int = 100) -> list[Section]:
+    """Every section of the report of ``output``, figures rendered.
+
+    Raises:
+        ConfigError: no results, or a file that is not an llray results file (named).
+    """
+    from llray.report import summary_table
+
+    per_run = analysis.run_metrics(output)
+    runs = _runs(output)
+    bound = {(r.experiment, r.strategy): BOUNDS.get(_registered(r.config), "")
+             for r in runs.itertuples(index=False)}
+    per_run["bound"] = [bound.get(k, BOUNDS.get(k[1], "")) for k in
+                        zip(per_run["experiment"], per_run["strategy"])]
+    mean = analysis.mean_r(output, by=["experiment", "strategy"])
+    full_runs = _full_runs(output)
+    table = summary_table(full_runs) if not full_runs.empty else pd.DataFrame()
+    sections = []
+    for exp, group in per_run.groupby("experiment", sort=True):
+        study = bool(group["study"].notna().any())
+        sec = Section(exp, study, table[table["experiment"] == exp] if len(table) else table)
+        sec.figures += _heatmaps(exp, group, mean[mean["experiment"] == exp], dpi)
+        sec.figures += _curves(exp, group, mean[mean["experiment"] == exp], dpi)
+        sec.figures += _bars(exp, group, sec.notes, dpi)
+        if study:
+            sec.figures += _study_figures(output, exp, group, runs, sec.notes, dpi)
+        sections.append(sec)
+    return sections
+
+
+def _full_runs(output: str | Path) -> pd.DataFrame:
+    from llray.results import load_runs
+
+    return load_runs(output)
+
+
+# -- drawing helpers ------------------------------------------------------------------------
+def _new_figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure as MplFigure
+
+    return MplFigure(figsize=(width, height), layout="constrained")
+
+
+def _png(fig: Any, dpi: int) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def _slug(*parts: str) -> str:
+    text = "-".join(p for p in parts if p)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "figure"
+
+
+def _strategies(group: pd.DataFrame) -> list[str]:
+    """Strategies of an experiment: lower bound first, upper bound last, others by name."""
+    rank = {"lower": 0, "": 1, "upper": 2}
+    pairs = group[["strategy", "bound"]].drop_duplicates("strategy")
+    return [s for _, s in sorted((rank[b], s) for s, b in pairs.itertuples(index=False))]
+
+
+def _column_labels(runs: pd.DataFrame, T: int) -> tuple[list[str], str]:
+    """Task ids when all runs share one order, else positions in the order."""
+    orders = runs.loc[runs["num_tasks"] == T, "order"].dropna().unique()
+    if len(orders) == 1:
+        return [f"t{x}" for x in str(orders[0]).split(",")], "task (in the order learned)"
+    return [f"#{j}" for j in range(1, T + 1)], f"j-th task of the order ({len(orders)} orders)"
+
+
+def _matrix(cells: pd.DataFrame, T: int) -> np.ndarray:
+    R = np.full((T + 1, T), np.nan)
+    R[cells["step"].to_numpy(), cells["eval_pos"].to_numpy() - 1] = cells["accuracy"].to_numpy()
+    return R
+
+
+# -- figures --------------------------------------------------------------------------------
+def _heatmaps(exp: str, group: pd.DataFrame, mean: pd.DataFrame, dpi: int) -> list[Figure]:
+    out = []
+    for strategy in _strategies(group):
+        runs = group[group["strategy"] == strategy]
+        cells_s = mean[mean["strategy"] == strategy]
+        for T in sorted(cells_s["num_tasks"].unique()):
+            R = _matrix(cells_s[cells_s["num_tasks"] == T], int(T))
+            n = int((runs["num_tasks"] == T).sum())
+            labels, xlabel = _column_labels(runs, int(T))
+            fig = _new_figure(1.2 + 0.55 * T, 1.0 + 0.42 * (T + 1))
+            ax = fig.add_subplot()
+            im = ax.imshow(R, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+            if T <= 12:
+                for (i, j), v in np.ndenumerate(R):
+                    if np.isfinite(v):
+                        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                                color="white" if v < 0.6 else "black")
+            ax.set_xticks(range(int(T)), labels, fontsize=8)
+            ax.set_yticks(range(int(T) + 1), ["init"] + [str(i) for i in range(1, int(T) + 1)],
+                          fontsize=8)
+            ax.set_xlabel(xlabel, fontsize=8)
+            ax.set_ylabel("tasks learned", fontsize=8)
+            ax.set_title(f"R: {strategy}", fontsize=10)
+            fig.colorbar(im, ax=ax, shrink=0.8, label="test accuracy")
+            suffix = f"{T} tasks, " if cells_s["num_tasks"].nunique() > 1 else ""
+            caption = (f"R heatmap of {strategy} ({suffix}mean over {n} run{'s' * (n != 1)}); "
+                       "row 0 is the random initialisation, the diagonal the task just learned.")
+            name = _slug(exp, "heatmap", strategy, f"T{T}" if suffix else "")
+            out.append(Figure(name, "heatmap", exp, caption, _png(fig, dpi), strategy))
+    return out
+
+
+def _curves(exp: str, group: pd.DataFrame, mean: pd.DataFrame, dpi: int) -> list[Figure]:
+    strategies = _strategies(group)
+    T = int(group["num_tasks"].max())
+    cols = min(len(strategies), 3)
+    rows = math.ceil(len(strategies) / cols)
+    fig = _new_figure(3.4 * cols + 1.2, 2.6 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
+    cmap = _cmap(T)
+    for k, strategy in enumerate(strategies):
+        ax = axes[k // cols][k % cols]
+        runs = group[group["strategy"] == strategy]
+        cells = mean[(mean["strategy"] == strategy) & (mean["num_tasks"] == T)]
+        R = _matrix(cells, T)
+        labels, _ = _column_labels(runs, T)
+        for j in range(T):
+            ax.plot(range(T + 1), R[:, j], color=cmap(j), lw=1.4, label=labels[j])
+            ax.plot([j + 1], [R[j + 1, j]], "o", color=cmap(j), ms=3.5)
+        ax.set_title(strategy, fontsize=9)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xticks(range(T + 1))
+        ax.set_xlabel("tasks learned", fontsize=8)
+        ax.grid(alpha=0.3)
+        if k % cols == 0:
+            ax.set_ylabel("test accuracy", fontsize=8)
+    for k in range(len(strategies), rows * cols):
+        axes[k // cols][k % cols].set_visible(False)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=7, title="task", title_fontsize=7)
+    caption = ("Accuracy of each task over time (mean over runs): one line per task, a dot "
+               "where it was learned; a line falling after its dot is forgetting.")
+    return [Figure(_slug(exp, "curves"), "curves", exp, caption, _png(fig, dpi))]
+
+
+def _cmap(T: int) -> Any:
+    from matplotlib import colormaps
+
+    base = colormaps["tab10" if T <= 10 else "tab20"]
+    return lambda j: base(j % base.N)
+
+
+def _bars(exp: str, group: pd.DataFrame, notes: list[str], dpi: int) -> list[Figure]:
+    strategies = _strategies(group)
+    stats = analysis.summarize(group, by="strategy", metrics=_BAR_METRICS).set_index("strategy")
+    bound = dict(zip(group["strategy"], group["bound"]))
+    fig = _new_figure(3 * max(2.4, 0.5 * len(strategies) + 1.0), 3.2)
+    axes = fig.subplots(1, 3)
+    x = np.arange(len(strategies))
+    for ax, m in zip(axes, _BAR_METRICS):
+        mean = stats.loc[strategies, m].to_numpy(dtype=float)
+        low = mean - stats.loc[strategies, f"{m}_ci_low"].to_numpy(dtype=float)
+        high = stats.loc[strategies, f"{m}_ci_high"].to_numpy(dtype=float) - mean
+        err = np.nan_to_num(np.vstack([low, high]))
+        colors = [_COLORS[bound.get(s, "")] for s in strategies]
+        ax.bar(x, np.nan_to_num(mean), yerr=err, color=colors, capsize=3, alpha=0.9)
+        for s, v in zip(strategies, mean):
+            b = bound.get(s, "")
+            if b and np.isfinite(v):
+                ax.axhline(v, color=_COLORS[b], ls="--", lw=1,
+                           label=f"{'naive (lower)' if b == 'lower' else 'joint (upper)'}")
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_xticks(x, strategies, rotation=30, ha="right", fontsize=8)
+        ax.set_title(m.upper(), fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=8)
+    present = {bound.get(s, "") for s in strategies}
+    missing = [n for n, b in (("naive (lower bound)", "lower"), ("joint (upper bound)", "upper"))
+               if b not in present]
+    caption = ("ACC, BWT and FWT per strategy: mean over runs with a Student-t 95% interval "
+               "(runs that diverged are left out); dashed lines: the naive and joint bounds.")
+    if missing:
+        note = f"{exp}: no {' and no '.join(missing)} runs, so that reference line is missing."
+        notes.append(note)
+        caption += " " + note.split(": ", 1)[1]
+    return [Figure(_slug(exp, "bars"), "bars", exp, caption, _png(fig, dpi))]
+
+
+# -- studies --------------------------------------------------------------------------------
+def study_params(configs: Sequence[Any]) -> list[str]:
+    """The searched keys of a study's trials, in first-seen order."""
+    keys: dict[str, None] = {}
+    for c in configs:
+        try:
+            params = (json.loads(c).get("tuning") or {}).get("params") or {}
+        except (TypeError, ValueError, AttributeError):
+            continue
+        keys.update(dict.fromkeys(params))
+    return list(keys)
+
+
+def _study_figures(output: str | Path, exp: str, group: pd.DataFrame, runs: pd.DataFrame,
+                   notes: list[str], dpi: int) -> list[Figure]:
+    configs = runs[runs["experiment"] == exp].set_index("run_id")["config"]
+    keys = study_params(configs)
+    if not keys:
+        return []
+    trials = analysis.add_params(group, keys, group["run_id"].map(configs))
+    out = [_param_plot(exp, trials, keys, dpi)]
+    importance, source = importances(output, exp, trials, keys)
+    if importance:
+        out.append(_importance_plot(exp, importance, source, dpi))
+    else:
+        notes.append(f"{exp}: parameter importances need at least two finished trials that "
+                     f"differ in a parameter ({source}).")
+    return out
+
+
+def _param_plot(exp: str, trials: pd.DataFrame, keys: list[str], dpi: int) -> Figure:
+    objectives = ["acc", "bwt"]
+    fig = _new_figure(2.8 * len(keys) + 0.6, 2.4 * len(objectives))
+    axes = fig.subplots(len(objectives), len(keys), squeeze=False)
+    best = trials["acc"].idxmax() if trials["acc"].notna().any() else None
+    for c, key in enumerate(keys):
+        values = trials[key]
+        numeric = pd.api.types.is_numeric_dtype(values)
+        if numeric:
+            x = values.to_numpy(dtype=float)
+            ticks = None
+        else:
+            cats = sorted(values.dropna().astype(str).unique())
+            x = values.astype(str).map({v: i for i, v in enumerate(cats)}).to_numpy(dtype=float)
+            ticks = cats
+        for r, m in enumerate(objectives):
+            ax = axes[r][c]
+            ax.scatter(x, trials[m], s=16, alpha=0.75, color="#1f77b4")
+            if best is not None:
+                ax.scatter([x[trials.index.get_loc(best)]], [trials.loc[best, m]], s=60,
+                           facecolors="none", edgecolors="#d62728", label="best ACC")
+            if numeric and np.nanmin(x) > 0 and np.nanmax(x) / np.nanmin(x) >= 100:
+                ax.set_xscale("log")
+            if ticks is not None:
+                ax.set_xticks(range(len(ticks)), ticks, rotation=45, ha="right", fontsize=6)
+            ax.grid(alpha=0.3)
+            if r == len(objectives) - 1:
+                ax.set_xlabel(key, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(m.upper(), fontsize=8)
+    caption = (f"Study {exp}: each searched parameter against ACC and BWT, one dot per trial "
+               f"({len(trials)} trials; circled: the best ACC).")
+    return Figure(_slug(exp, "params"), "params", exp, caption, _png(fig, dpi))
+
+
+def importances(output: str | Path, study: str, trials: pd.DataFrame,
+                keys: Sequence[str]) -> tuple[dict[str, float], str]:
+    """Parameter importances (fANOVA) and where they come from.
+
+    From the study's Optuna storage ``OUTPUT/optuna/STUDY.journal`` when it exists
+    (the optuna backend writes it), else from an in-memory Optuna study rebuilt from
+    the trials' ACC and searched values in the runs table.
+    """
+    import optuna
+
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        journal = Path(output) / "optuna" / f"{study}.journal"
+        if journal.is_file():
+            try:
+                return _optuna_importances(journal, study), f"Optuna storage {journal.name}"
+            except (ValueError, RuntimeError, KeyError) as e:
+                source = f"Optuna storage unusable: {e}; from the runs table"
+        else:
+            source = "from the runs table"
+        return _trial_importances(trials, keys), source
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
+def _optuna_importances(journal: Path, name: str) -> dict[str, float]:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(journal))))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(done) < 2:
+        return {}
+    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    return dict(optuna.importance.get_param_importances(study, evaluator=evaluator, target=target))
+
+
+def _trial_importances(trials: pd.DataFrame, keys: Sequence[str]) -> dict[str, float]:
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    done = trials[np.isfinite(trials["acc"])]
+    dists, columns = {}, {}
+    for key in keys:
+        values = done[key]
+        if values.isna().any() or values.nunique() < 2:
+            continue
+        if pd.api.types.is_numeric_dtype(values):
+            lo, hi = float(values.min()), float(values.max())
+            dists[key] = FloatDistribution(lo, hi, log=lo > 0 and hi / lo >= 100)
+            columns[key] = values.astype(float)
+        else:
+            columns[key] = values.astype(str)
+            dists[key] = CategoricalDistribution(sorted(columns[key].unique()))
+    if not dists or len(done) < 2:
+        return {}
+    study = optuna.create_study(direction="maximize")
+    study.add_trials([
+        optuna.trial.create_trial(params={k: columns[k].loc[i] for k in dists},
+                                  distributions=dists, value=float(done.loc[i, "acc"]))
+        for i in done.index
+    ])
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+
+
+def _importance_plot(exp: str, importance: dict[str, float], source: str, dpi: int) -> Figure:
+    names = list(importance)[::-1]
+    fig = _new_figure(5.5, 0.6 + 0.35 * len(names))
+    ax = fig.add_subplot()
+    ax.barh(names, [importance[n] for n in names], color="#9467bd")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("importance (fANOVA, share of ACC variance)", fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    caption = f"Study {exp}: parameter importances for ACC ({source})."
+    return Figure(_slug(exp, "importance"), "importance", exp, caption, _png(fig, dpi))
+
+
+# -- output ---------------------------------------------------------------------------------
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;
+max-width:1200px;color:#222;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;
+margin-top:2em}h3{margin-top:1.4em}.meta{color:#666;font-size:.9em}
+table{border-collapse:collapse;font-size:.85em;margin:.6em 0}
+th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+th{background:#f4f4f4}td.l,th.l{text-align:left}
+.figs{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}
+figure{margin:0;border:1px solid #eee;padding:.5em;background:#fff}
+figure img{max-width:100%;height:auto;display:block}
+figcaption{font-size:.8em;color:#555;max-width:520px;margin-top:.3em}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.4em .8em;font-size:.9em}
+"""
+
+
+def _table_html(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "<p class='meta'>no runs table</p>"
+
+    def fmt(mean: float, std: float) -> str:
+        if not np.isfinite(mean):
+            return "n/a"
+        return f"{mean:.3f}" + (f" ± {std:.3f}" if np.isfinite(std) else "")
+
+    head = ["strategy", "bound", "runs", "ok", "diverged", "failed", "ACC", "BWT", "FWT",
+            "forgetting"]
+    rows = []
+    for r in table.itertuples(index=False):
+        cells = [r.strategy, r.bound, r.runs, r.ok, r.diverged, r.failed,
+                 fmt(r.acc_mean, r.acc_std), fmt(r.bwt_mean, r.bwt_std),
+                 fmt(r.fwt_mean, r.fwt_std), fmt(r.forgetting_mean, r.forgetting_std)]
+        rows.append("<tr>" + "".join(
+            f"<td{' class=l' if i < 2 else ''}>{html.escape(str(c))}</td>"
+            for i, c in enumerate(cells)) + "</tr>")
+    header = "".join(f"<th{' class=l' if i < 2 else ''}>{h}</th>" for i, h in enumerate(head))
+    return f"<table><tr>{header}</tr>{''.join(rows)}</table>"
+
+
+def _figure_html(f: Figure) -> str:
+    attrs = (f'class="{f.kind}" data-kind="{f.kind}" data-experiment="{html.escape(f.experiment)}"'
+             f' data-strategy="{html.escape(f.strategy)}" id="{html.escape(f.name)}"')
+    return (f"<figure {attrs}><img src=\"{f.data_uri()}\" alt=\"{html.escape(f.caption)}\">"
+            f"<figcaption>{html.escape(f.caption)}</figcaption></figure>")
+
+
+_HEADINGS = {"heatmap": "R heatmaps", "curves": "Accuracy of each task over time",
+             "bars": "ACC, BWT, FWT against the bounds", "params": "Parameters vs objectives",
+             "importance": "Parameter importances"}
+
+
+def render(sections: Sequence[Section], output: str | Path) -> str:
+    """The HTML page (a string) of ``sections``."""
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+             f"<title>llray report: {html.escape(Path(output).name)}</title>",
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>llray report: {html.escape(Path(output).name)}</h1>",
+             f"<p class='meta'>{len(sections)} experiment(s); generated {when}. "
+             "Metrics as in GEM (Lopez-Paz &amp; Ranzato 2017), BWT/FWT divided by T−1.</p>"]
+    for sec in sections:
+        kind = "study" if sec.study else "experiment"
+        parts.append(f"<section data-experiment='{html.escape(sec.experiment)}'>"
+                     f"<h2>{kind} {html.escape(sec.experiment)}</h2>")
+        parts.append(_table_html(sec.table))
+        parts += [f"<p class='note'>{html.escape(n)}</p>" for n in sec.notes]
+        for kind_ in _HEADINGS:
+            figs = [f for f in sec.figures if f.kind == kind_]
+            if figs:
+                parts.append(f"<h3>{_HEADINGS[kind_]}</h3><div class='figs'>")
+                parts += [_figure_html(f) for f in figs]
+                parts.append("</div>")
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_html(output: str | Path, path: str | Path, sections: Sequence[Section] | None = None) -> Path:
+    """Write the self-contained report page of ``output`` to ``path``."""
+    sections = build(output) if sections is None else sections
+    path = Path(path)
+    _writable(path.parent, "--html")
+    path.write_text(render(sections, output), encoding="utf-8")
+    return path
+
+
+def write_pngs(output: str | Path, directory: str | Path,
+               sections: Sequence[Section] | None = None) -> list[Path]:
+    """Write every figure of the report as ``DIRECTORY/<name>.png``; return the paths."""
+    sections = build(output) if sections is None else sections
+    directory = Path(directory)
+    _writable(directory, "--png", create=True)
+    paths = []
+    for sec in sections:
+        for f in sec.figures:
+            p = directory / f"{f.name}.png"
+            p.write_bytes(f.png)
+            paths.append(p)
+    return paths
+
+
+def check_targets(html_path: str | Path | None, png_dir: str | Path | None) -> None:
+    """ConfigError unless the ``--html`` file's folder and the ``--png`` folder are writable."""
+    if html_path:
+        _writable(Path(html_path).parent, "--html")
+    if png_dir:
+        _writable(Path(png_dir), "--png", create=True)
+
+
+def _writable(directory: Path, option: str, create: bool = False) -> None:
+    if create:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(option, f"cannot create {os.fspath(directory)!r}: {e}") from None
+    if not directory.is_dir() or not os.access(directory, os.W_OK):
+        raise ConfigError(option, f"cannot write to {os.fspath(directory)!r}")
