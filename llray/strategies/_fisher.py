@@ -178,7 +178,8 @@ def _one_label(model, fast, mask, t, x, y) -> tuple[Tensor, Grads, Grads, Grads]
             _probes(fast), _rest(model, fast), x, y
         )
     w = torch.ones(len(x), 1, dtype=x.dtype, device=x.device)  # [B, 1]
-    return w, {n: v.unsqueeze(1) for n, v in d.items()}, {n: v.unsqueeze(1) for n, v in g.items()}, a
+    one = lambda grads: {n: v.unsqueeze(1) for n, v in grads.items()}  # noqa: E731
+    return w, one(d), one(g), a  # δ {n: [B, 1, out]}, g {n: [B, 1, *shape]}
 
 
 def _weighted_squares(

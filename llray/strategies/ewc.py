@@ -87,8 +87,8 @@ class EWCConfig:
 def merge_quadratic(
     A: Tensor, mu: Tensor, fisher: Tensor, anchor: Tensor
 ) -> tuple[Tensor, Tensor, float]:
-    """Add ``F (θ − θ*)²`` to ``A (θ − μ)²``: returns ``(A', μ', ΔK)`` with
-    ``A (θ−μ)² + F (θ−θ*)² = A' (θ−μ')² + ΔK`` for every θ (summed over elements)."""
+    """Add ``F (θ − θ*)²`` to ``A (θ − μ)²``: returns ``(A', μ', ΔK)`` such that
+    ``A (θ−μ)² + F (θ−θ*)² = A' (θ−μ')² + ΔK`` for all θ (summed over entries)."""
     A2 = A + fisher
     pos = A2 > 0
     safe = torch.where(pos, A2, torch.ones_like(A2))
