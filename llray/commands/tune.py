@@ -1,0 +1,95 @@
+"""``llray tune SPEC``: search hyperparameters and task orders, write every trial's R."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from llray.data import make_stream
+from llray.errors import ConfigError
+
+NAME = "tune"
+HELP = "search hyperparameters and task orders of a study spec (Ray Tune + Optuna)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="study spec YAML (see tuning/)")
+    p.add_argument("--output", help="results directory (default: results/STUDY)")
+    p.add_argument("--address", help="Ray cluster address ('auto' inside a Ray job)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted study without rerunning finished trials")
+    p.add_argument("--backend", choices=("tune", "optuna"), default="tune",
+                   help="tune: Ray Tune + OptunaSearch (default); optuna: plain Optuna, "
+                        "one trial at a time, on a storage several processes can share")
+    p.add_argument("--storage", help="optuna backend: journal file or RDB URL "
+                                     "(default: OUTPUT/optuna/STUDY.journal)")
+    p.add_argument("--worker", type=int, help="optuna backend: this process's number among "
+                                              "those sharing the study (seeds its sampler)")
+    p.add_argument("--max-trials", type=int, help="optuna backend: at most this many trials "
+                                                   "from this process")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray")
+    p.add_argument("--top", type=int, default=5, help="how many top trials to print")
+
+
+def execute(args: argparse.Namespace) -> int:
+    """Check everything (nothing is written before), run the study, print its summary."""
+    from llray.results import check_writable
+    from llray.tuning.spec import load_spec
+    from llray.tuning.summary import format_summary
+
+    study = load_spec(args.spec)
+    output = args.output or str(Path("results") / study.study)
+    _check_options(args)
+    if args.backend == "tune":
+        from llray.distributed.session import loopback_only
+
+        loopback_only()  # before Ray is first imported
+        from llray.tuning.tune_backend import check_start
+
+        check_start(output, study, args.resume)
+    stream = make_stream(study.experiment.stream)
+    check_writable(output)
+    records = _tune(study, output, stream, args) if args.backend == "tune" else \
+        _optuna(study, output, stream, args)
+    print(format_summary(study, records, args.top))
+    print(f"results: {output}")
+    ended = [r for r in records if r.status != "running"]
+    if args.backend == "tune" and len(ended) < study.num_trials:
+        print(f"study interrupted after {len(ended)} of {study.num_trials} trials; continue "
+              f"with: llray tune {args.spec} --output {output} --resume", file=sys.stderr)
+        return 1
+    return 1 if any(r.status == "failed" for r in records) else 0
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    if args.backend == "tune" and (args.storage or args.worker is not None or args.max_trials):
+        raise ConfigError("--storage", "--storage, --worker and --max-trials are for "
+                                       "--backend optuna")
+    if args.backend == "optuna" and args.address:
+        raise ConfigError("--address", "the optuna backend does not use Ray; share a "
+                                       "--storage between processes instead")
+    if args.max_trials is not None and args.max_trials < 1:
+        raise ConfigError("--max-trials", f"must be >= 1, got {args.max_trials}")
+
+
+def _tune(study, output: str, stream, args: argparse.Namespace) -> list:
+    from llray.distributed.session import connect
+    from llray.tuning.tune_backend import run_tune
+
+    connect(args.address, args.num_cpus)
+    return run_tune(study, output, resume=args.resume, stream=stream)
+
+
+def _optuna(study, output: str, stream, args: argparse.Namespace) -> list:
+    from llray.tuning.optuna_backend import default_storage, run_optuna
+
+    storage = args.storage or default_storage(output, study)
+
+    def progress(record) -> None:
+        values = " ".join(f"{o}={v:.4f}" for o, v in record.objectives.items())
+        print(f"trial {record.trial}: {record.status} after {record.tasks_learned} tasks "
+              f"{values}", file=sys.stderr, flush=True)
+
+    return run_optuna(study, output, storage, args.worker, stream, max_trials=args.max_trials,
+                      on_trial=progress)

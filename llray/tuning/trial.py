@@ -1,0 +1,203 @@
+"""One trial: a lifelong run built from the study's base and a trial's parameters.
+
+Both backends drive a trial the same way: build it from raw Optuna parameters, call
+:meth:`Trial.learn_next` once per task, and report :meth:`Trial.metrics` after each
+(running objectives over the tasks seen so far, so ASHA or an Optuna pruner can stop a
+poor trial early). A trial that diverges reports the worst value of every objective and
+ends; the study goes on.
+
+Example:
+    >>> from llray.tuning.spec import parse_spec
+    >>> spec = parse_spec({"strategy": "naive", "stream": {"num_tasks": 2},
+    ...                    "model": {"hidden": [16]}, "search": {"order": "permutation"}})
+    >>> t = Trial(spec, {"order_0": 1})
+    >>> t.run_spec.order
+    (1, 0)
+    >>> while not t.done:
+    ...     m = t.learn_next()
+    >>> m["tasks_learned"], m["status"]
+    (2, 'ok')
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from llray import metrics
+from llray.data import TaskStream, make_stream
+from llray.experiment import build_run, utc_now
+from llray.learner import LifelongRun, RunResult
+from llray.tuning.spec import StudySpec
+
+#: objective name -> metric function of an R matrix (row 0 = random init)
+METRICS = {
+    "acc": metrics.acc,
+    "bwt": metrics.bwt,
+    "fwt": metrics.fwt,
+    "forgetting": metrics.forgetting,
+    "learning_accuracy": metrics.learning_accuracy,
+}
+NEEDS_TWO_TASKS = ("bwt", "fwt", "forgetting")
+
+
+def running(R: np.ndarray, step: int, objective: str) -> float:
+    """An objective over the first ``step`` tasks of the order, after the ``step``-th.
+
+    The metric of the top-left block ``R[:step + 1, :step]``; equals the final metric
+    when ``step == T``. Metrics that compare tasks are 0 while only one task is known.
+    """
+    if step < 1 or (step < 2 and objective in NEEDS_TWO_TASKS):
+        return 0.0
+    return float(METRICS[objective](R[: step + 1, :step]))
+
+
+class Trial:
+    """A :class:`~llray.learner.LifelongRun` for one set of sampled parameters."""
+
+    def __init__(
+        self,
+        study: StudySpec,
+        params: Mapping[str, Any],
+        stream: TaskStream | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.study = study
+        self.params = dict(params)  # raw Optuna parameters
+        self.values = study.space.values(self.params)  # field values, order decoded
+        self.run_spec = study.run_spec(self.values)
+        stream = stream if stream is not None else make_stream(study.experiment.stream)
+        self.run: LifelongRun = build_run(self.run_spec, stream, device)
+        self.started_at = utc_now()
+        self._t0 = time.perf_counter()
+
+    @property
+    def done(self) -> bool:
+        return self.run.done
+
+    @property
+    def step(self) -> int:
+        return self.run.step
+
+    def learn_next(self) -> dict[str, Any]:
+        """Learn the next task and return :meth:`metrics`."""
+        self.run.start()
+        self.run.learn_next()
+        return self.metrics()
+
+    def metrics(self) -> dict[str, Any]:
+        """What a trial reports after each task.
+
+        ``tasks_learned``, ``status``, each objective over the tasks seen so far (its
+        worst value once the run diverged), and the R matrix so far (NaN as None).
+        """
+        diverged = self.run.status != "ok"
+        out: dict[str, Any] = {"tasks_learned": self.run.step, "status": self.run.status}
+        for o in self.study.objectives:
+            value = self.study.worst(o) if diverged else running(self.run.R, self.run.step, o)
+            out[o] = value if math.isfinite(value) else self.study.worst(o)
+        out["R"] = r_to_json(self.run.R)
+        return out
+
+    def report(self) -> dict[str, Any]:
+        """:meth:`metrics` plus what the results store needs (run id, timings, n_test)."""
+        res = self.result()
+        return {
+            **self.metrics(),
+            "run_id": self.run_spec.run_id,
+            "order": list(self.run_spec.order),
+            "n_test": [int(n) for n in res.n_test],
+            "wall_s": res.wall_s,
+            "train_s": res.train_s,
+            "samples_trained": res.samples_trained,
+            "task_seconds": list(res.task_seconds),
+            "started_at": self.started_at.isoformat(),
+            "finished_at": utc_now().isoformat(),
+        }
+
+    def result(self) -> RunResult:
+        return self.run.result(wall_s=time.perf_counter() - self._t0)
+
+    def final_values(self) -> list[float]:
+        """The objectives of the finished trial, in the study's order."""
+        m = self.metrics()
+        return [float(m[o]) for o in self.study.objectives]
+
+    # -- checkpoints (Ray Tune) -------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"run": self.run.state_dict(), "started_at": self.started_at.isoformat()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        from datetime import datetime
+
+        self.run.load_state_dict(state["run"])
+        self.started_at = datetime.fromisoformat(state["started_at"])
+
+
+def r_to_json(R: np.ndarray) -> list[list[float | None]]:
+    """R as nested lists with NaN (rows not reached) as None."""
+    return [[None if not np.isfinite(x) else float(x) for x in row] for row in R]
+
+
+def r_from_json(rows: Any) -> np.ndarray:
+    return np.array([[np.nan if x is None else x for x in row] for row in rows], dtype=float)
+
+
+def result_from_report(report: Mapping[str, Any], status: str | None = None) -> RunResult:
+    """The :class:`RunResult` a :meth:`Trial.report` describes."""
+    return RunResult(
+        R=r_from_json(report["R"]),
+        order=tuple(report["order"]),
+        status=status or report["status"],
+        n_test=np.array(report["n_test"], dtype=np.int64),
+        wall_s=float(report["wall_s"]),
+        train_s=float(report["train_s"]),
+        samples_trained=int(report["samples_trained"]),
+        task_seconds=list(report["task_seconds"]),
+    )
+
+
+def write_trial(
+    output: str,
+    study: StudySpec,
+    params: Mapping[str, Any],
+    report: Mapping[str, Any],
+    benchmark: str,
+    scenario: str,
+    status: str | None = None,
+) -> None:
+    """Write a trial's R and run row to ``output``'s Parquet store (idempotent by run id).
+
+    ``experiment`` is the study name; the config JSON holds the run's full config plus
+    ``tuning: {study, params}`` with the trial's searched values.
+    """
+    from datetime import datetime
+
+    from llray.results import RunMeta, write_run
+
+    values = study.space.values(params)
+    spec = study.run_spec(values)
+    config = {**spec.config_dict(), "tuning": {"study": study.study, "params": jsonable(values)}}
+    meta = RunMeta(
+        run_id=spec.run_id,
+        experiment=study.study,
+        strategy=spec.strategy.display,
+        benchmark=benchmark,
+        scenario=scenario,
+        seed=spec.seed,
+        order=spec.order,
+        config=config,
+        started_at=datetime.fromisoformat(report["started_at"]),
+        finished_at=datetime.fromisoformat(report["finished_at"]),
+    )
+    write_run(output, meta, result_from_report(report, status))
+
+
+def jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Searched values with tuples as lists (for JSON and tables)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
