@@ -1,0 +1,85 @@
+"""``llray taskonomy CONFIG``: pairwise transfer between the tasks of a stream, on Ray.
+
+For each ordered pair (i, j) and each of the config's seeds: learn i then j, and j alone
+from the same initialisation; transfer = the difference on j, forgetting = what i lost
+when j came next. Writes ``OUTPUT/taskonomy/<strategy>/`` (Parquet + ``affinity.png``)
+and proposes curricula: the greedy path and the exact best path (small T).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+NAME = "taskonomy"
+HELP = "pairwise task transfer (train i then j vs j alone) on Ray, and curricula from it"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="experiment YAML: its stream, model, training and seeds")
+    p.add_argument("--output", help="results directory (default: results/EXPERIMENT)")
+    p.add_argument("--address", help="Ray cluster address ('auto' inside a Ray job)")
+    p.add_argument("--strategy", help="label of the config strategy to use (default: the first)")
+    p.add_argument("--score", choices=("transfer-forgetting", "transfer"),
+                   default="transfer-forgetting",
+                   help="what a curriculum maximises over consecutive pairs")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray")
+
+
+def execute(args: argparse.Namespace) -> int:
+    from llray import taskonomy as tx
+    from llray.config import load_config
+    from llray.data import make_stream
+    from llray.results import check_writable
+
+    cfg = load_config(args.config)
+    spec = tx.template(cfg, args.strategy)
+    output = args.output or str(Path("results") / cfg.experiment)
+    check_writable(output)
+    stream = make_stream(cfg.stream)
+    connect(args.address, args.num_cpus)
+    total = len(tx.jobs(stream.num_tasks, cfg.seeds))
+    print(f"taskonomy: {stream.num_tasks} tasks, {len(cfg.seeds)} seed(s), "
+          f"strategy {spec.strategy.display}: {total} short runs", file=sys.stderr)
+    pairs = tx.run_pairs(stream, spec, cfg.seeds, on_job=_progress)
+    return report(output, spec, cfg.seeds, pairs, stream.num_tasks, args.score)
+
+
+def connect(address: str | None, num_cpus: int | None) -> None:
+    from llray.distributed.session import connect as ray_connect
+    from llray.distributed.session import loopback_only
+
+    loopback_only()
+    ray_connect(address, num_cpus)
+
+
+def _progress(job, done: int, total: int) -> None:
+    if done == total or done % max(1, total // 10) == 0:
+        print(f"  {done}/{total} done", file=sys.stderr)
+
+
+def report(output: str, spec, seeds, pairs, num_tasks: int, score: str) -> int:
+    """Affinity, curricula, files, printed summary; 1 if any job failed."""
+    from llray import taskonomy as tx
+
+    aff = tx.affinity(pairs)
+    curr = tx.curricula(aff, num_tasks, score)
+    title = f"{spec.experiment}: {spec.strategy.display}, {len(seeds)} seed(s)"
+    png = tx.plot(aff, curr, num_tasks, title)
+    where = tx.write(output, spec.strategy.display, pairs, aff, curr, tx.describe(spec, seeds), png)
+    print("transfer (row i learned first, column j next; acc on j minus j alone):")
+    print(tx.format_matrix(aff, "transfer", num_tasks))
+    print("forgetting of i when j is learned next:")
+    print(tx.format_matrix(aff, "forgetting", num_tasks))
+    for r in curr.itertuples():
+        print(f"{r.name} curriculum: {' -> '.join(map(str, r.order))}  (score {r.score:+.3f}, "
+              f"{r.objective})")
+    if num_tasks > tx.EXACT_MAX_TASKS:
+        print(f"exact best path skipped: {num_tasks} tasks > {tx.EXACT_MAX_TASKS}")
+    print(f"taskonomy: {where}")
+    failed = pairs["status"] != "ok"
+    if failed.any():
+        print(f"{int(failed.sum())} runs did not finish (diverged or failed); their pairs "
+              "are NaN", file=sys.stderr)
+    return 1 if failed.any() else 0
