@@ -3,7 +3,8 @@
 Every loader returns :class:`Arrays`: float32 inputs ``[N, *shape]``, int64 labels
 ``[N]`` and, for tables with a task column, int64 task ids ``[N]``. Nothing is
 downloaded: ``digits`` ships with scikit-learn, ``mnist1d`` is generated procedurally
-with ``mnist1d.data.make_dataset``.
+with ``mnist1d.data.make_dataset``, and the image datasets (:func:`load_images`) are
+read from a folder the user already has.
 
 Example:
     >>> a = load_digits()
@@ -21,9 +22,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Input shape of each built-in dataset; parquet tables declare theirs in the config.
-BUILTIN_SHAPES: dict[str, tuple[int, ...]] = {"digits": (1, 8, 8), "mnist1d": (40,)}
-BUILTIN_CLASSES: dict[str, int] = {"digits": 10, "mnist1d": 10}
+from llray.data.vision import VISION_DATASETS, load_vision_uint8
+from llray.errors import ConfigError
+
+# Input shape and class count of each built-in dataset; parquet tables declare their
+# shape in the config. The image datasets are read from local files (``stream.path``).
+BUILTIN_SHAPES: dict[str, tuple[int, ...]] = {
+    "digits": (1, 8, 8), "mnist1d": (40,), "mnist": (1, 28, 28), "fashionmnist": (1, 28, 28),
+    "cifar10": (3, 32, 32), "cifar100": (3, 32, 32),
+}
+BUILTIN_CLASSES: dict[str, int] = {
+    "digits": 10, "mnist1d": 10, "mnist": 10, "fashionmnist": 10, "cifar10": 10, "cifar100": 100,
+}
+IMAGE_DATASETS = VISION_DATASETS  # read from files in a folder: need ``stream.path``
 MNIST1D_DEFAULT_SAMPLES = 4000
 
 # Independent random streams drawn from one seed, one per purpose, so that changing
@@ -50,11 +61,13 @@ class Arrays:
     num_classes: int
     task: np.ndarray | None = None  # [N] int64 task ids 0..T-1, tables only
     task_values: tuple = ()  # the table's task value for each task id
+    num_train: int | None = None  # rows [0, num_train) are the dataset's own training set
 
     def __post_init__(self) -> None:
         assert self.x.dtype == np.float32 and self.y.dtype == np.int64
         assert len(self.x) == len(self.y)
         assert self.task is None or len(self.task) == len(self.y)
+        assert self.num_train is None or 0 < self.num_train < len(self.y)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -118,6 +131,27 @@ def load_mnist1d(num_samples: int = MNIST1D_DEFAULT_SAMPLES, seed: int = 0) -> A
     x = np.concatenate([d["x"], d["x_test"]]).astype(np.float32)
     y = np.concatenate([d["y"], d["y_test"]]).astype(np.int64)
     return Arrays(_frozen(x), _frozen(y), 10)
+
+
+def load_images(name: str, root: str) -> Arrays:
+    """An image dataset from a local folder (see :mod:`llray.data.vision`) with its own
+    train/test split: ``x [N_train + N_test, C, H, W]`` in ``[0, 1]``, the training
+    images first (``num_train`` of them).
+
+    Raises:
+        ConfigError: on ``stream.path`` when files are missing or malformed.
+    """
+    xtr, ytr, xte, yte = load_vision_uint8(name, root)
+    x = np.concatenate([xtr, xte])  # uint8: a quarter of the float32 copy's memory
+    del xtr, xte
+    x = x.astype(np.float32)
+    x /= np.float32(255.0)
+    y = np.concatenate([ytr, yte])
+    classes = BUILTIN_CLASSES[name]
+    if len(y) and (y.min() < 0 or y.max() >= classes):
+        raise ConfigError("stream.path", f"{name}: labels must be 0..{classes - 1}, the files "
+                          f"in {root} hold {int(y.min())}..{int(y.max())}")
+    return Arrays(x, y, classes, num_train=len(ytr))
 
 
 def split_indices(

@@ -74,17 +74,33 @@ def permute_features(x: Tensor, perm: Tensor) -> Tensor:
     return x.flatten(1)[:, perm].reshape(x.shape)
 
 
-def permuted_parts(data: Split, num_tasks: int, generator: np.random.Generator) -> list[Part]:
+def permuted_parts(
+    data: Split,
+    num_tasks: int,
+    generator: np.random.Generator,
+    keep: Sequence[Tensor | None] | None = None,
+) -> list[Part]:
     """Permuted tasks: task 0 sees the inputs as they are, task t >= 1 a fixed random
     permutation of the input features drawn from ``generator``; the labels are the same.
+    ``keep[t]`` (see :func:`subsample_index`) picks task t's training rows before the
+    permutation is applied, which saves permuting rows that would be dropped.
     """
     d = math.prod(data.x_train.shape[1:])
     parts = []
     for t in range(num_tasks):
         perm = torch.arange(d) if t == 0 else torch.from_numpy(generator.permutation(d))
-        parts.append(Part(f"permuted-{t}", permute_features(data.x_train, perm), data.y_train,
+        x, y = _rows(data, keep, t)
+        parts.append(Part(f"permuted-{t}", permute_features(x, perm), y,
                           permute_features(data.x_test, perm), data.y_test))
     return parts
+
+
+def _rows(data: Split, keep: Sequence[Tensor | None] | None, t: int) -> tuple[Tensor, Tensor]:
+    """Task t's training inputs and labels: all of them, or the rows ``keep[t]``."""
+    rows = keep[t] if keep is not None else None
+    if rows is None:
+        return data.x_train, data.y_train
+    return data.x_train[rows], data.y_train[rows]
 
 
 def rotate_images(x: Tensor, degrees: float) -> Tensor:
@@ -116,13 +132,17 @@ def task_angles(num_tasks: int, max_angle: float) -> tuple[float, ...]:
     return tuple(float(a) for a in np.linspace(0.0, max_angle, num_tasks))
 
 
-def rotated_parts(data: Split, angles: Sequence[float]) -> list[Part]:
-    """Rotated tasks: task t sees every image rotated by ``angles[t]`` degrees."""
-    return [
-        Part(f"rotated-{a:g}", rotate_images(data.x_train, a), data.y_train,
-             rotate_images(data.x_test, a), data.y_test)
-        for a in angles
-    ]
+def rotated_parts(
+    data: Split, angles: Sequence[float], keep: Sequence[Tensor | None] | None = None
+) -> list[Part]:
+    """Rotated tasks: task t sees every image rotated by ``angles[t]`` degrees;
+    ``keep[t]`` picks its training rows before rotating (see :func:`permuted_parts`)."""
+    parts = []
+    for t, a in enumerate(angles):
+        x, y = _rows(data, keep, t)
+        parts.append(Part(f"rotated-{a:g}", rotate_images(x, a), y,
+                          rotate_images(data.x_test, a), data.y_test))
+    return parts
 
 
 def class_groups(
@@ -166,16 +186,28 @@ def table_parts(data: Split, task_values: Sequence) -> list[Part]:
     return parts
 
 
+def subsample_index(n: int, max_train: int | None, seed: int, task: int) -> Tensor | None:
+    """Sorted indices of the at most ``max_train`` of ``n`` training rows that task
+    ``task`` keeps, drawn with ``seed``; ``None`` when it keeps all of them.
+
+    Example:
+        >>> subsample_index(10, 3, 0, 0).tolist() == subsample_index(10, 3, 0, 0).tolist()
+        True
+        >>> subsample_index(10, 20, 0, 0) is None
+        True
+    """
+    if max_train is None or n <= max_train:
+        return None
+    pick = rng(seed, RNG_SUBSAMPLE, task).permutation(n)[:max_train]
+    return torch.from_numpy(np.sort(pick))
+
+
 def subsample(parts: Sequence[Part], max_train: int | None, seed: int) -> list[Part]:
     """Keep at most ``max_train`` training samples per task, drawn with ``seed``."""
-    if max_train is None:
-        return list(parts)
     out = []
     for t, p in enumerate(parts):
-        n = len(p.y_train)
-        if n > max_train:
-            pick = rng(seed, RNG_SUBSAMPLE, t).permutation(n)[:max_train]
-            keep = torch.from_numpy(np.sort(pick))
+        keep = subsample_index(len(p.y_train), max_train, seed, t)
+        if keep is not None:
             p = replace(p, x_train=p.x_train[keep], y_train=p.y_train[keep])
         out.append(p)
     return out

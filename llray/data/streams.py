@@ -7,6 +7,10 @@ Example:
     >>> s = make_stream(StreamConfig(dataset="digits", kind="split", num_tasks=5))
     >>> s.benchmark, s.scenario, s.input_shape, [t.name for t in s.tasks][:2]
     ('split-digits', 'class', (1, 8, 8), ['split-[0,1]', 'split-[2,3]'])
+
+The image datasets are read from a folder the user has (never downloaded), e.g. split
+CIFAR-100 in 10 task-IL tasks: ``StreamConfig(dataset="cifar100", path="datasets",
+kind="split", scenario="task", num_tasks=10)``.
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ from llray.data import scenarios as sc
 from llray.data.datasets import (
     BUILTIN_CLASSES,
     BUILTIN_SHAPES,
+    IMAGE_DATASETS,
     MNIST1D_DEFAULT_SAMPLES,
     RNG_CLASSES,
     RNG_PERMUTE,
     RNG_SPLIT,
     Arrays,
     load_digits,
+    load_images,
     load_mnist1d,
     rng,
     split_indices,
@@ -39,14 +45,14 @@ from llray.data.parquet import load_parquet
 from llray.data.stream import TaskStream
 from llray.errors import ConfigError
 
-DATASETS = ("digits", "mnist1d", "parquet")
+DATASETS = ("digits", "mnist1d", *IMAGE_DATASETS, "parquet")
 KINDS = ("permuted", "rotated", "split", "tasks")
 DEFAULT_SCENARIO = {"permuted": "domain", "rotated": "domain", "split": "class"}
 
 # Options that only mean something for one dataset or kind: setting them elsewhere is an
 # error rather than silently ignored.
-_PARQUET_ONLY = ("path", "label_column", "task_column", "feature_columns", "input_shape",
-                 "standardize")
+_PARQUET_ONLY = ("label_column", "task_column", "feature_columns", "input_shape", "standardize")
+_FILE_DATASETS = ("parquet", *IMAGE_DATASETS)  # read from stream.path
 _ONLY_FOR_KIND = {"max_angle": "rotated", "angles": "rotated", "shuffle_classes": "split"}
 
 
@@ -56,20 +62,24 @@ class StreamConfig:
 
     Attributes:
         dataset: ``"digits"`` (sklearn 8x8, inputs ``(1, 8, 8)`` in [0, 1]),
-            ``"mnist1d"`` (procedural, inputs ``(40,)`` standardized) or ``"parquet"``.
+            ``"mnist1d"`` (procedural, inputs ``(40,)`` standardized), the image
+            datasets ``"mnist"``, ``"fashionmnist"`` (``(1, 28, 28)``), ``"cifar10"``,
+            ``"cifar100"`` (``(3, 32, 32)``) in [0, 1] from local files, or ``"parquet"``.
         kind: ``"permuted"``, ``"rotated"`` (square images only), ``"split"`` (classes
             partitioned among tasks) or ``"tasks"`` (a parquet table's task column).
         scenario: ``"task"``, ``"domain"`` or ``"class"``; default ``"domain"`` for
             permuted/rotated, ``"class"`` for split; required for kind ``"tasks"``.
         num_tasks: number of tasks, at least 2 (kind ``"tasks"``: the table's count).
-        test_fraction: share of each class (and task) held out for testing.
+        test_fraction: share of each class (and task) held out for testing; the image
+            datasets use their own test set instead.
         seed: seeds the split, permutations, class order, subsampling and mnist1d.
         max_train_per_task: keep at most this many training samples per task.
         num_samples: mnist1d only: sequences generated (default 4000).
         max_angle: rotated only: task angles are evenly spaced from 0 to this (degrees).
         angles: rotated only: explicit angle per task, overrides ``max_angle``.
         shuffle_classes: split only: shuffle the classes (with ``seed``) before grouping.
-        path: parquet only: a ``.parquet`` file or a directory of them.
+        path: parquet: a ``.parquet`` file or a directory of them; image datasets: the
+            folder holding the dataset's files (see :mod:`llray.data.vision`).
         label_column: parquet only: integer class ids.
         task_column: parquet only: task values, read with kind ``"tasks"``.
         feature_columns: parquet only: numeric columns or one list column; default every
@@ -117,6 +127,14 @@ class StreamConfig:
         changed = {k for k, v in defaults.items() if getattr(self, k) != v}
         for name in changed & set(_PARQUET_ONLY):
             require(self.dataset == "parquet", name, "is only used with dataset 'parquet'")
+        if "path" in changed:
+            require(self.dataset in _FILE_DATASETS, "path",
+                    f"is only used with dataset 'parquet' and the image datasets "
+                    f"({', '.join(IMAGE_DATASETS)}); {self.dataset!r} needs no files")
+        if "test_fraction" in changed:
+            require(self.dataset not in IMAGE_DATASETS, "test_fraction",
+                    f"{self.dataset!r} is tested on its own test set; test_fraction is only "
+                    "used with digits, mnist1d and parquet")
         for name in changed & set(_ONLY_FOR_KIND):
             kind = _ONLY_FOR_KIND[name]
             require(self.kind == kind, name, f"is only used with kind {kind!r}")
@@ -125,6 +143,10 @@ class StreamConfig:
         if self.dataset == "parquet":
             require(bool(self.path), "path",
                     "dataset 'parquet' needs the path of a file or directory")
+        if self.dataset in IMAGE_DATASETS:
+            require(bool(self.path), "path",
+                    f"dataset {self.dataset!r} is read from local files (never downloaded): "
+                    "set stream.path to the folder that holds them")
 
     def _check_sizes(self) -> None:
         if self.max_train_per_task is not None:
@@ -202,6 +224,8 @@ def load_arrays(cfg: StreamConfig) -> Arrays:
     if cfg.dataset == "mnist1d":
         return load_mnist1d(cfg.num_samples or MNIST1D_DEFAULT_SAMPLES, cfg.seed)
     assert cfg.path is not None
+    if cfg.dataset in IMAGE_DATASETS:
+        return load_images(cfg.dataset, cfg.path)
     task_column = cfg.task_column if cfg.kind == "tasks" else None
     arrays = load_parquet(cfg.path, cfg.label_column, cfg.feature_columns, task_column,
                           cfg.input_shape, exclude=(cfg.task_column,))
@@ -220,7 +244,12 @@ def _check_table(cfg: StreamConfig, a: Arrays) -> None:
 
 
 def _split(cfg: StreamConfig, a: Arrays) -> sc.Split:
-    """Stratified train/test split (by label, and by task for tables with tasks)."""
+    """The dataset's own train/test split, else a stratified one (by label, and by task
+    for tables with tasks)."""
+    if a.num_train is not None:  # slices: views, no copy of a large image array
+        t = torch.from_numpy
+        n = a.num_train
+        return sc.Split(t(a.x[:n]), t(a.y[:n]), t(a.x[n:]), t(a.y[n:]))
     groups = a.y if a.task is None else a.task * a.num_classes + a.y
     train, test = split_indices(groups, cfg.test_fraction, rng(cfg.seed, RNG_SPLIT))
     x = a.x
@@ -235,11 +264,16 @@ def _split(cfg: StreamConfig, a: Arrays) -> sc.Split:
 
 
 def _parts(cfg: StreamConfig, a: Arrays, data: sc.Split) -> list[sc.Part]:
+    # permuted/rotated tasks all start from the whole training set: subsample first
+    # (the same rows ``sc.subsample`` would keep), then transform only the rows kept
+    n = len(data.y_train)
+    keep = [sc.subsample_index(n, cfg.max_train_per_task, cfg.seed, t)
+            for t in range(cfg.num_tasks)]
     if cfg.kind == "permuted":
-        return sc.permuted_parts(data, cfg.num_tasks, rng(cfg.seed, RNG_PERMUTE))
+        return sc.permuted_parts(data, cfg.num_tasks, rng(cfg.seed, RNG_PERMUTE), keep)
     if cfg.kind == "rotated":
         angles = cfg.angles or sc.task_angles(cfg.num_tasks, cfg.max_angle)
-        return sc.rotated_parts(data, angles)
+        return sc.rotated_parts(data, angles, keep)
     if cfg.kind == "split":
         g = rng(cfg.seed, RNG_CLASSES) if cfg.shuffle_classes else None
         return sc.split_parts(data, sc.class_groups(np.unique(a.y).tolist(), cfg.num_tasks, g))

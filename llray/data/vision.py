@@ -80,6 +80,13 @@ def load_vision(name: str, root: str | Path) -> Arrays:
         ...
         llray.errors.ConfigError: stream.path: mnist: missing train-images-idx3-ubyte...
     """
+    xtr, ytr, xte, yte = load_vision_uint8(name, root)
+    return _images(xtr), ytr, _images(xte), yte
+
+
+def load_vision_uint8(name: str, root: str | Path) -> Arrays:
+    """As :func:`load_vision`, but the images are the files' uint8 pixel values (0..255),
+    a quarter of the memory of float32."""
     root = Path(root)
     if name in ("mnist", "fashionmnist"):
         sub = {"mnist": ("MNIST/raw", "MNIST", "mnist"),
@@ -87,17 +94,17 @@ def load_vision(name: str, root: str | Path) -> Arrays:
                                 "fashionmnist")}[name]
         files = _locate(name, [root, *(root / s for s in sub)], _IDX_FILES, gz=True)
         xtr, ytr, xte, yte = (_read_idx(f) for f in files)
-        return _images(xtr[:, None]), _labels(ytr, xtr), _images(xte[:, None]), _labels(yte, xte)
+        return _gray(xtr), _labels(ytr, xtr), _gray(xte), _labels(yte, xte)
     if name == "cifar10":
         files = _locate(name, [root / "cifar-10-batches-py", root], _CIFAR10_FILES)
         parts = [_read_cifar(f, "labels") for f in files]
         xtr = np.concatenate([p[0] for p in parts[:5]])
         ytr = np.concatenate([p[1] for p in parts[:5]])
-        return _images(xtr), ytr, _images(parts[5][0]), parts[5][1]
+        return xtr, ytr, parts[5][0], parts[5][1]
     if name == "cifar100":
         files = _locate(name, [root / "cifar-100-python", root], _CIFAR100_FILES)
         (xtr, ytr), (xte, yte) = (_read_cifar(f, "fine_labels") for f in files)
-        return _images(xtr), ytr, _images(xte), yte
+        return xtr, ytr, xte, yte
     raise ConfigError("stream.dataset", f"unknown image dataset {name!r}; known: "
                       f"{', '.join(VISION_DATASETS)}")
 
@@ -172,6 +179,13 @@ def _read_cifar(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _images(x: np.ndarray) -> np.ndarray:
     return (x.astype(np.float32) / 255.0).copy()
+
+
+def _gray(x: np.ndarray) -> np.ndarray:
+    """IDX images ``[N, H, W]`` -> ``[N, 1, H, W]``; checked to be 3-d."""
+    if x.ndim != 3:
+        raise ConfigError("stream.path", f"expected images [N, H, W], got shape {x.shape}")
+    return x[:, None]
 
 
 def _labels(y: np.ndarray, x: np.ndarray) -> np.ndarray:
