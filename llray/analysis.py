@@ -100,9 +100,21 @@ def check_files(files: Sequence[str], dataset: str = "r_matrix") -> None:
             raise ConfigError(f, f"not an llray {dataset} file: " + "; ".join(problems))
 
 
-def _source(files: Sequence[str]) -> str:
-    listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-    return f"read_parquet([{listed}], hive_partitioning = true)"
+def _source(param: str) -> str:
+    """``read_parquet`` of the file list bound to the query parameter ``$param``.
+
+    The list travels as a parameter, not as SQL text: a store with one file per run
+    can hold 100,000 files.
+    """
+    return (f"read_parquet(${param}, hive_partitioning = true, "
+            "hive_types = {'experiment': VARCHAR})")
+
+
+def _glob(output: str | Path, dataset: str) -> str:
+    """``read_parquet`` of ``OUTPUT/<dataset>/*/*.parquet`` as SQL text (for views)."""
+    pattern = str(Path(output).resolve() / dataset / "*" / "*.parquet").replace("'", "''")
+    return (f"read_parquet('{pattern}', hive_partitioning = true, "
+            "hive_types = {'experiment': VARCHAR})")
 
 
 def _has_duckdb() -> bool:
@@ -128,8 +140,11 @@ def _query(sql: str, files: Sequence[str], runs: Sequence[str] = (),
     import duckdb
 
     con = duckdb.connect(config={"threads": threads} if threads else {})
+    params = {"files": list(files)}
+    if "$runs" in sql:
+        params["runs"] = list(runs)
     try:
-        return con.sql(sql).df()
+        return con.execute(sql, params).df()
     except duckdb.Error as e:
         check_files(files, "r_matrix")
         check_files(runs, "runs")
@@ -273,11 +288,11 @@ def _absent(experiment: str, files: Sequence[str]) -> str:
 
 def _duckdb_metrics(files: Sequence[str], runs: Sequence[str], metrics: Sequence[str],
                     threads: int | None) -> pd.DataFrame:
-    sql = metrics_sql(_source(files), metrics)
+    sql = metrics_sql(_source("files"), metrics)
     if runs:
         sql = (f"SELECT m.*, r.status, json_extract_string(r.config, '$.tuning.study') AS study "
                f"FROM ({sql}) m LEFT JOIN (SELECT run_id, any_value(status) AS status, "
-               f"any_value(config) AS config FROM {_source(runs)} GROUP BY run_id) r "
+               f"any_value(config) AS config FROM {_source('runs')} GROUP BY run_id) r "
                f"USING (run_id)")
     return _finish(_query(sql, files, runs, threads), metrics)
 
@@ -529,7 +544,7 @@ def mean_r(output: str | Path, by: Sequence[str] = ("experiment", "strategy"),
     if _engine(engine, output) == "duckdb":
         files = parquet_files(output, "r_matrix")
         sql = (f"WITH c AS (SELECT {keys}, step, eval_pos, accuracy, max(eval_pos) OVER "
-               f"(PARTITION BY run_id) AS num_tasks FROM {_source(files)}) "
+               f"(PARTITION BY run_id) AS num_tasks FROM {_source('files')}) "
                f"SELECT {keys}, CAST(num_tasks AS INTEGER) AS num_tasks, step, eval_pos, "
                f"avg(accuracy) FILTER (WHERE NOT isnan(accuracy)) AS accuracy, "
                f"count(accuracy) FILTER (WHERE NOT isnan(accuracy)) AS n FROM c "
@@ -554,11 +569,11 @@ def connect(output: str | Path, threads: int | None = None) -> Any:
     """
     import duckdb
 
-    files = parquet_files(output, "r_matrix")
+    parquet_files(output, "r_matrix")  # ConfigError when there are no results
     runs = parquet_files(output, "runs")
     con = duckdb.connect(config={"threads": threads} if threads else {})
-    con.execute(f"CREATE VIEW r_matrix AS SELECT * FROM {_source(files)}")
+    con.execute(f"CREATE VIEW r_matrix AS SELECT * FROM {_glob(output, 'r_matrix')}")
     if runs:
-        con.execute(f"CREATE VIEW runs AS SELECT * FROM {_source(runs)}")
+        con.execute(f"CREATE VIEW runs AS SELECT * FROM {_glob(output, 'runs')}")
     con.execute(f"CREATE VIEW run_metrics AS {metrics_sql('r_matrix')}")
     return con

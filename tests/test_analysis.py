@@ -142,6 +142,14 @@ def test_mean_r_averages_by_position(tmp_path):
     assert late["n"].item() == 2  # the diverged run's NaN rows are left out
 
 
+def test_duckdb_views(tmp_path):
+    truth = _store(tmp_path)
+    con = analysis.connect(tmp_path)
+    got = dict(con.sql("SELECT run_id, bwt FROM run_metrics WHERE run_id <> 'run4'").fetchall())
+    assert got == pytest.approx({k: metrics.bwt(R) for k, (R, _) in truth.items() if k != "run4"})
+    assert con.sql("SELECT count(*) FROM runs").fetchall() == [(len(truth),)]
+
+
 # -- bad input ------------------------------------------------------------------------------
 @pytest.mark.parametrize("engine", ENGINES)
 def test_no_results_is_a_clear_error(tmp_path, engine):
