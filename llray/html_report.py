@@ -115,7 +115,7 @@ def build(output: str | Path, dpi: int = 100) -> list[Section]:
         if study:
             sec.figures += _study_figures(output, exp, group, runs, sec.notes, dpi)
         sections.append(sec)
-    return sections
+    return sorted(sections, key=lambda sec: (sec.study, sec.experiment))  # studies last
 
 
 def _full_runs(output: str | Path) -> pd.DataFrame:
@@ -355,17 +355,19 @@ def importances(output: str | Path, study: str, trials: pd.DataFrame,
         journal = Path(output) / "optuna" / f"{study}.journal"
         if journal.is_file():
             try:
-                return _optuna_importances(journal, study), f"Optuna storage {journal.name}"
+                found, n = _optuna_importances(journal, study)
+                return found, f"Optuna storage {journal.name}, {n} complete trials"
             except (ValueError, RuntimeError, KeyError) as e:
                 source = f"Optuna storage unusable: {e}; from the runs table"
         else:
             source = "from the runs table"
-        return _trial_importances(trials, keys), source
+        n = int(np.isfinite(trials["acc"]).sum())
+        return _trial_importances(trials, keys), f"{source}, {n} finished trials"
     finally:
         optuna.logging.set_verbosity(level)
 
 
-def _optuna_importances(journal: Path, name: str) -> dict[str, float]:
+def _optuna_importances(journal: Path, name: str) -> tuple[dict[str, float], int]:
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -373,10 +375,11 @@ def _optuna_importances(journal: Path, name: str) -> dict[str, float]:
     study = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(journal))))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if len(done) < 2:
-        return {}
+        return {}, len(done)
     target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-    return dict(optuna.importance.get_param_importances(study, evaluator=evaluator, target=target))
+    found = optuna.importance.get_param_importances(study, evaluator=evaluator, target=target)
+    return dict(found), len(done)
 
 
 def _trial_importances(trials: pd.DataFrame, keys: Sequence[str]) -> dict[str, float]:

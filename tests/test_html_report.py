@@ -132,3 +132,22 @@ def test_bad_input_exits_2(tmp_path, store, capsys):
     assert main(["report", str(store), "--html", str(tmp_path / "missing" / "r.html")]) == 2
     assert "--html" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_importances_prefer_the_studys_optuna_storage(tmp_path):
+    import optuna
+    import pandas as pd
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    (tmp_path / "optuna").mkdir()
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "optuna" / "s.journal")))
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) + 0 * t.suggest_float("y", 0, 1), 20)
+    imp, source = html_report.importances(tmp_path, "s", pd.DataFrame({"acc": [0.1]}), ["x"])
+    assert source.startswith("Optuna storage s.journal, 20 complete")
+    assert imp["x"] > 0.9 > imp["y"]
+    imp, source = html_report.importances(tmp_path, "other", pd.DataFrame(
+        {"acc": [0.1, 0.5, 0.9], "x": [1.0, 5.0, 9.0]}), ["x"])
+    assert source.startswith("from the runs table, 3 finished") and set(imp) == {"x"}
