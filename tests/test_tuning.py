@@ -41,6 +41,8 @@ def test_lehmer_is_a_bijection_on_all_permutations_of_5_tasks():
     assert all(lehmer.decode(c, 5) == p for c, p in zip(codes, perms))
     assert lehmer.decode((0, 0, 0, 0), 5) == (0, 1, 2, 3, 4)
     assert lehmer.decode((4, 3, 2, 1), 5) == (4, 3, 2, 1, 0)
+    # the first digit alone decides the last task (what final accuracy depends on most)
+    assert all(p[-1] == 4 - c[0] for c, p in zip(codes, perms))
 
 
 def test_lehmer_rejects_non_permutations_and_out_of_range_digits():

@@ -38,6 +38,9 @@ def execute(args: argparse.Namespace) -> int:
     from llray.tuning.spec import load_spec
     from llray.tuning.summary import format_summary
 
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
     study = load_spec(args.spec)
     output = args.output or str(Path("results") / study.study)
     _check_options(args)

@@ -145,7 +145,7 @@ def run_one(ostudy: optuna.Study, study: StudySpec, stream: TaskStream,
         ostudy.tell(ot, state=optuna.trial.TrialState.FAIL)
         raise
     status = "pruned" if pruned else report["status"]
-    for key in ("status", "tasks_learned", "R", "run_id", "order"):
+    for key in ("status", "tasks_learned", "R", "run_id", "order", "wall_s"):
         ot.set_user_attr(key, report[key] if key != "status" else status)
     ot.set_user_attr("objectives", {o: report[o] for o in study.objectives})
     if pruned:
@@ -157,7 +157,7 @@ def run_one(ostudy: optuna.Study, study: StudySpec, stream: TaskStream,
                     status)
     return TrialRecord(str(ot.number), jsonable(trial.values), status, report["tasks_learned"],
                        {o: float(report[o]) for o in study.objectives}, r_from_json(report["R"]),
-                       report["run_id"], {"order": report["order"]})
+                       report["run_id"], {"order": report["order"], "wall_s": report["wall_s"]})
 
 
 def records(ostudy: optuna.Study, study: StudySpec) -> list[TrialRecord]:
@@ -182,5 +182,5 @@ def _record(study: StudySpec, t: optuna.trial.FrozenTrial) -> TrialRecord:
         objectives={k: float(v) for k, v in attrs.get("objectives", {}).items()},
         R=r_from_json(attrs["R"]) if "R" in attrs else None,
         run_id=attrs.get("run_id", ""),
-        extra={"order": attrs.get("order")},
+        extra={"order": attrs.get("order"), "wall_s": attrs.get("wall_s")},
     )
