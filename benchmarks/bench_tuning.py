@@ -1,10 +1,11 @@
 """Tuning: parallel efficiency of Ray Tune trials, and TPE vs random search over orders.
 
 1. Parallel efficiency. The same Ray Tune study (EWC on permuted digits, 5 tasks, MLP
-   256-256, lambda and lr searched, 6 trials) runs with 2 concurrent trials and with 1, on an embedded
-   local Ray with 2 CPUs. Reported: the 2-concurrent study's wall time against the sum
-   of its trials' own times (ideal: sum / wall = 2 on 2 cores), and the speedup of the
-   2-concurrent study over the sequential one.
+   256-256, lambda and lr searched, 6 trials) runs with 2 concurrent trials and with 1,
+   on an embedded local Ray with 2 CPUs. Reported: the 2-concurrent study's wall time
+   against the sum of its trials' own times (ideal: sum / wall = 2 on 2 cores), and the
+   speedup of the 2-concurrent study over the sequential one. Both are only meaningful
+   when nothing else runs on the machine; the load average is printed with them.
 2. Curriculum search. The order of 5 rotated-digits tasks (120 orders) is searched with
    Optuna's TPE (as in tuning/curriculum_order.yaml, and with TPE's defaults) and with
    random search, N trials each, over several study seeds. A run is a deterministic

@@ -111,7 +111,8 @@ def test_base_file_gives_fixed_fields_and_inline_sections_override(tmp_path):
     (tmp_path / "tuning").mkdir()
     path = tmp_path / "tuning" / "s.yaml"
     path.write_text(yaml.safe_dump({"base": "../jobs/base.yaml", "stream": {"num_tasks": 3},
-                                    "strategy": "ewc", "search": {"train.lr": {"uniform": [0.01, 0.1]}}}))
+                                    "strategy": "ewc",
+                                    "search": {"train.lr": {"uniform": [0.01, 0.1]}}}))
     from llray.tuning.spec import load_spec
 
     study = load_spec(path)
@@ -155,8 +156,8 @@ def test_pareto_front_keeps_exactly_the_non_dominated_finished_trials():
 BAD = [
     ({"search": {"ewc.lamda": {"uniform": [0, 1]}}}, ["search.ewc.lamda", "unknown field",
                                                      "ewc.lambda_", "train.lr", "order"]),
-    ({"search": {"replay.ratio": {"uniform": [0, 1]}}}, ["search.replay.ratio", "tuned strategy is 'ewc'",
-                                                          "searchable"]),
+    ({"search": {"replay.ratio": {"uniform": [0, 1]}}},
+     ["search.replay.ratio", "tuned strategy is 'ewc'", "searchable"]),
     ({"search": {"train.lr": {"uniform": [0.1, 0.1]}}}, ["search.train.lr", "empty range"]),
     ({"search": {"train.lr": {"uniform": [0.3, 0.1]}}}, ["search.train.lr", "inverted range"]),
     ({"search": {"ewc.lambda_": {"loguniform": [0, 10]}}}, ["search.ewc.lambda_", "0 < low"]),
@@ -171,6 +172,8 @@ BAD = [
     ({"enqueue": [{"order": [0, 0, 1]}]}, ["enqueue[0].order", "permutation"]),
     ({"enqueue": [{"ewc.lambda_": 1.0e6}]}, ["enqueue[0].ewc.lambda_", "1000"]),
     ({"sampler": {"tpe": {"n_startup": 3}}}, ["sampler.tpe.n_startup", "n_startup_trials"]),
+    ({"sampler": {"tpe": {"n_startup_trials": "few"}}}, ["sampler.tpe.n_startup_trials",
+                                                         "integer"]),
     ({"num_trials": 0}, ["num_trials", ">= 1"]),
     ({"strategy": "nope"}, ["strategy", "unknown strategy 'nope'"]),
     ({"colour": "red"}, ["colour", "unknown key"]),
@@ -206,3 +209,31 @@ def test_optuna_only_options_are_refused_for_the_tune_backend(tmp_path):
     out = tmp_path / "out"
     assert main(["tune", str(path), "--output", str(out), "--storage", "x.journal"]) == 2
     assert not out.exists()
+
+
+def test_a_trial_restored_from_its_checkpoint_ends_with_the_uninterrupted_R():
+    import io
+
+    import torch
+
+    from llray.tuning.trial import Trial
+
+    study = parse_spec(spec(search={"order": "permutation"}, train={"epochs": 1}))
+    params = {"order_0": 1, "order_1": 1}
+    full = Trial(study, params)
+    while not full.done:
+        full.learn_next()
+    first = Trial(study, params)
+    first.learn_next()
+    buf = io.BytesIO()
+    torch.save(first.state_dict(), buf)  # what the Tune trainable checkpoints per task
+    buf.seek(0)
+    resumed = Trial(study, params)
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
+    calls = 0
+    while not resumed.done:
+        last = resumed.learn_next()
+        calls += 1
+    assert calls == 2 and last["tasks_learned"] == 3  # continued after task 1, not redone
+    assert resumed.started_at == first.started_at
+    np.testing.assert_array_equal(resumed.run.R, full.run.R)

@@ -66,7 +66,9 @@ def sampler_seed(seed: int, worker: int | None) -> int:
     return int(np.random.SeedSequence([seed, worker]).generate_state(1)[0])
 
 
-def open_study(study: StudySpec, storage: str | None = None, worker: int | None = 0) -> optuna.Study:
+def open_study(
+    study: StudySpec, storage: str | None = None, worker: int | None = 0
+) -> optuna.Study:
     """Create or load the Optuna study; enqueue the spec's known points once."""
     pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
     if study.scheduler is not None:

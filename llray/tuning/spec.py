@@ -24,7 +24,8 @@ Example YAML::
 
 Example:
     >>> spec = parse_spec({"study": "s", "strategy": "naive", "stream": {"num_tasks": 3},
-    ...                    "search": {"order": "permutation", "train.lr": {"uniform": [0.01, 0.1]}}})
+    ...                    "search": {"order": "permutation",
+    ...                               "train.lr": {"uniform": [0.01, 0.1]}}})
     >>> spec.space.keys, spec.directions
     (['order', 'train.lr'], ['maximize'])
 """
@@ -70,8 +71,8 @@ OBJECTIVES: dict[str, tuple[str, float]] = {
     "learning_accuracy": ("max", 0.0),
 }
 SAMPLERS = ("tpe", "random")
-TPE_OPTIONS = ("n_startup_trials", "n_ei_candidates", "multivariate", "group",
-               "constant_liar", "consider_endpoints")
+TPE_OPTIONS = {"n_startup_trials": int, "n_ei_candidates": int, "multivariate": bool,
+               "group": bool, "constant_liar": bool, "consider_endpoints": bool}
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,8 @@ class StudySpec:
         name = values.get(STRATEGY, self.strategy)
         base = self._strategy(name)
         params = dict(base.params)
-        params.update({k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(name + ".")})
+        params.update({k.split(".", 1)[1]: v for k, v in values.items()
+                       if k.startswith(name + ".")})
         train = _with(TrainConfig, exp.train, values, "train")
         model = _with(ModelConfig, exp.model, values, "model")
         order = tuple(values.get(ORDER, exp.orders[0]))
@@ -188,7 +190,8 @@ def parse_spec(data: Mapping[str, Any], base_dir: str | Path = ".") -> StudySpec
     study = data.get("study", "study")
     ok = isinstance(study, str) and re.fullmatch(r"[A-Za-z0-9_.\-]+", study) is not None
     if not ok:
-        raise ConfigError("study", f"must be a name of letters, digits, '_', '-', '.', got {study!r}")
+        raise ConfigError("study", f"must be a name of letters, digits, '_', '-', '.', "
+                                   f"got {study!r}")
     search = data.get("search")
     if not isinstance(search, Mapping) or not search:
         raise ConfigError("search", "must be a non-empty mapping of keys to ranges, e.g. "
@@ -223,7 +226,8 @@ def _base(data: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     if "base" in data:
         if not isinstance(data["base"], str):
-            raise ConfigError("base", f"must be the path of an experiment YAML, got {data['base']!r}")
+            raise ConfigError("base", f"must be the path of an experiment YAML, "
+                                      f"got {data['base']!r}")
         merged = _read_yaml(base_dir / data["base"], "base")
         for key in merged:
             if key not in EXPERIMENT_KEYS:
@@ -233,7 +237,8 @@ def _base(data: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
         if key not in data:
             continue
         value = data[key]
-        if key != "strategies" and isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+        mergeable = isinstance(value, Mapping) and isinstance(merged.get(key), Mapping)
+        if key != "strategies" and mergeable:
             merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
@@ -343,11 +348,15 @@ def _sampler(value: Any) -> SamplerSpec:
         options = options or {}
     if name not in SAMPLERS or not isinstance(options, Mapping):
         raise ConfigError("sampler", f"must be tpe, random or {{tpe: {{options}}}}, got {value!r}")
-    allowed = TPE_OPTIONS if name == "tpe" else ()
-    for key in options:
+    allowed = TPE_OPTIONS if name == "tpe" else {}
+    for key, v in options.items():
         if key not in allowed:
             raise ConfigError(f"sampler.{name}.{key}", f"unknown option; allowed: "
                                                        f"{', '.join(allowed) or 'none'}")
+        if allowed[key] is int:
+            _int(v, f"sampler.{name}.{key}", 1 if key == "n_ei_candidates" else 0)
+        elif not isinstance(v, bool):
+            raise ConfigError(f"sampler.{name}.{key}", f"expected true or false, got {v!r}")
     return SamplerSpec(name, tuple(sorted(options.items())))
 
 
