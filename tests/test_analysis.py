@@ -193,3 +193,16 @@ def test_unknown_group_column_is_named(tmp_path):
     _store(tmp_path)
     with pytest.raises(ConfigError, match="unknown column 'colour'"):
         analysis.summarize(analysis.run_metrics(tmp_path), by=["colour"])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_r_matrix_alone_is_enough(tmp_path, engine):
+    import shutil
+
+    truth = _store(tmp_path)
+    shutil.rmtree(tmp_path / "runs")
+    df = analysis.run_metrics(tmp_path, engine=engine).set_index("run_id")
+    for run_id, (R, order) in truth.items():
+        assert df.loc[run_id, "order"] == ",".join(map(str, order))
+        np.testing.assert_allclose(df.loc[run_id, "fwt"], metrics.fwt(R), atol=1e-12)
+    assert df["status"].isna().all()
