@@ -308,7 +308,8 @@ def _finish(df: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     for col in ("status", "study"):
         if col not in df:
             df[col] = None
-    df["seed"] = df["seed"].astype("int64")
+    if df["seed"].notna().all():
+        df["seed"] = df["seed"].astype("int64")
     df["num_tasks"] = df["num_tasks"].astype("int32")
     for m in metrics:
         df[m] = df[m].astype("float64")
@@ -316,21 +317,24 @@ def _finish(df: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
 
 
 # -- the pandas fallback ---------------------------------------------------------------------
-def _read_r(output: str | Path, experiment: str | None) -> Any:
-    """The ``r_matrix`` columns the metrics need, as one pyarrow Table.
+def _read_r(output: str | Path, experiment: str | None) -> tuple[Any, Any]:
+    """``(cells, meta)``: the R columns the metrics need, and one metadata row per run.
 
     Local stores are read with ``pyarrow.dataset`` after every file's footer is checked
-    (a foreign file is named, never silently null-filled); URIs go through
+    (a foreign file is named, never silently null-filled); the metadata strings are read
+    for the ``step == 0, eval_pos == 1`` rows only. URIs go through
     :func:`llray.results.load_r_matrix`.
     """
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
     from llray import results
 
     if "://" in os.fspath(output):
         df = results.load_r_matrix(output, columns=list(_R_READ), experiment=experiment)
-        return pa.Table.from_pandas(df, preserve_index=False)
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        return table, table.filter((pc.field("step") == 0) & (pc.field("eval_pos") == 1))
     files = parquet_files(output, "r_matrix")
     if experiment is not None:
         files = _only(files, experiment)
@@ -340,7 +344,9 @@ def _read_r(output: str | Path, experiment: str | None) -> Any:
     hive = ds.partitioning(pa.schema([("experiment", pa.string())]), flavor="hive")
     dataset = ds.dataset(files, format="parquet", partitioning=hive,
                          partition_base_dir=str(Path(output) / "r_matrix"))
-    return dataset.to_table(columns=list(_R_READ))
+    cells = dataset.to_table(columns=["run_id", "step", "eval_task", "eval_pos", "accuracy"])
+    first = (pc.field("step") == 0) & (pc.field("eval_pos") == 1)
+    return cells, dataset.to_table(columns=["run_id", *_META], filter=first)
 
 
 def _pandas_metrics(output: str | Path, metrics: Sequence[str],
@@ -355,7 +361,7 @@ def _pandas_metrics(output: str | Path, metrics: Sequence[str],
 
     from llray import metrics as M
 
-    table = _read_r(output, experiment)
+    table, meta = _read_r(output, experiment)
     if table.num_rows == 0:
         raise ConfigError("output", f"no results in {os.fspath(output)!r}")
     encoded = pc.dictionary_encode(table["run_id"]).combine_chunks()
@@ -364,8 +370,8 @@ def _pandas_metrics(output: str | Path, metrics: Sequence[str],
     T = np.zeros(n, dtype=np.int64)
     pos = table["eval_pos"].to_numpy()
     np.maximum.at(T, codes, pos)
-    first = np.unique(codes, return_index=True)[1]  # one row per run, in code order
-    out = table.select(["run_id", *_META]).take(first).to_pandas()
+    ids = pd.DataFrame({"run_id": encoded.dictionary.to_pandas()})  # in code order
+    out = ids.merge(meta.to_pandas().drop_duplicates("run_id"), on="run_id", how="left")
     out["num_tasks"] = T
     order = np.full(n, "", dtype=object)
     values = {m: np.full(n, np.nan) for m in metrics}

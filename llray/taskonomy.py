@@ -229,9 +229,11 @@ def run_pairs(
     Returns:
         Columns ``seed, kind, source, target, status, wall_s`` and the R entries
         ``init_source, source_after_source, target_after_source, source_final,
-        target_final, init_target`` (NaN where they do not apply).
+        target_final, init_target`` (NaN where they do not apply, or where the job
+        diverged; a job whose code raised or whose worker died has status ``failed``).
     """
     import ray
+    from ray.exceptions import RayError
 
     from llray.distributed.streaming import put_stream
 
@@ -245,7 +247,10 @@ def run_pairs(
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         job = refs[done[0]]
-        R, status, wall = ray.get(done[0])
+        try:
+            R, status, wall = ray.get(done[0])
+        except RayError:  # the job's code raised or its worker died: NaN, status failed
+            R, status, wall = np.full((len(job.tasks) + 1, len(job.tasks)), np.nan), "failed", 0.0
         rows.append(_row(job, R, status, wall))
         if on_job is not None:
             on_job(job, len(rows), len(todo))
