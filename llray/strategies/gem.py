@@ -15,8 +15,9 @@ replacement from its training set with the run's generator when the task ends (t
 paper keeps the last samples of a single pass, which is a uniform sample for i.i.d.
 data; GEM only constrains on earlier tasks, so the current task's memory is not needed
 while it is learned). All memory gradients of one step come from one forward pass over
-every memory and one batched backward (``is_grads_batched``), one row per task. The
-per-step cost grows with the number of earlier tasks, as in the paper.
+the memories at once (``torch.func``: ``vmap`` over tasks of ``grad``), one row per
+task. The per-step cost grows linearly with the number of earlier tasks, as in the
+paper.
 
 Example config::
 
@@ -31,10 +32,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
 
 from llray.config_base import require
 from llray.data.stream import Task
-from llray.strategies._qp import flatten, gem_project, projected_fit
+from llray.strategies._qp import gem_project, projected_fit
 from llray.strategies.base import Context, Strategy, register
 
 
@@ -79,6 +81,7 @@ class GEM(Strategy):
         self.mem_y: Tensor | None = None  # [M]
         self.mem_t: Tensor | None = None  # [M] task id of each sample
         self.projections = 0  # steps whose gradient was projected (diagnostics)
+        self._stack: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # cache
 
     @property
     def memory_tasks(self) -> list[int]:
@@ -88,26 +91,33 @@ class GEM(Strategy):
         return list(dict.fromkeys(self.mem_t.tolist()))
 
     def memory_gradients(self, model: nn.Module, params: list[nn.Parameter], ctx: Context) -> Tensor:
-        """``G`` ``[K, P]``: row k is the gradient of the mean loss on task k's memory."""
-        assert self.mem_t is not None and self.mem_x is not None and self.mem_y is not None
-        tasks = torch.tensor(self.memory_tasks, device=self.mem_t.device)
-        slot = (self.mem_t.unsqueeze(1) == tasks.unsqueeze(0)).float()  # [M, K] one-hot
-        per_sample = F.cross_entropy(
-            ctx.logits(model, self.mem_x, self.mem_t), self.mem_y, reduction="none"
-        )  # [M]
-        losses = (per_sample @ slot) / slot.sum(0)  # [K] mean loss per task
-        K = len(tasks)
-        if K == 1:
-            grads = torch.autograd.grad(losses[0], params, allow_unused=True)
-            return flatten(list(grads), params).unsqueeze(0)
-        eye = torch.eye(K, device=losses.device)
-        grads = torch.autograd.grad(losses, params, grad_outputs=eye, is_grads_batched=True,
-                                    allow_unused=True)  # each [K, *shape]
-        return torch.cat(
-            [(g if g is not None else torch.zeros(K, *p.shape, device=p.device)).reshape(K, -1)
-             for g, p in zip(grads, params)],
-            dim=1,
-        )
+        """``G`` ``[K, P]``: row k is the gradient of the mean loss on task k's memory.
+
+        One ``vmap`` over tasks of ``grad`` of a ``functional_call``: the cost of one
+        forward and backward pass over the whole memory, linear in the number of tasks.
+        """
+        X, Y, T, W = self._stacked()  # [K, m, *in], [K, m], [K, m], [K, m]
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert len(names) == len(params)
+
+        def task_loss(ps: dict[str, Tensor], x: Tensor, y: Tensor, t: Tensor, w: Tensor) -> Tensor:
+            out = ctx.mask(functional_call(model, ps, (x,)), t)  # [m, C]
+            return (F.cross_entropy(out, y, reduction="none") * w).sum() / w.sum()
+
+        ps = {n: p.detach() for n, p in zip(names, params)}
+        grads = vmap(grad(task_loss), in_dims=(None, 0, 0, 0, 0))(ps, X, Y, T, W)
+        return torch.cat([grads[n].reshape(len(X), -1) for n in names], dim=1)
+
+    def _stacked(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The memories as ``[K, m]`` blocks (shorter ones padded with weight-0 copies)."""
+        if self._stack is None:
+            assert self.mem_t is not None
+            rows = [torch.nonzero(self.mem_t == k).squeeze(1) for k in self.memory_tasks]
+            m = max(len(r) for r in rows)
+            idx = torch.stack([r[torch.arange(m, device=r.device) % len(r)] for r in rows])
+            w = torch.stack([(torch.arange(m, device=r.device) < len(r)).float() for r in rows])
+            self._stack = (self.mem_x[idx], self.mem_y[idx], self.mem_t[idx], w.to(self.mem_x))
+        return self._stack
 
     def project(
         self, model: nn.Module, params: list[nn.Parameter], g: Tensor, ctx: Context
@@ -132,6 +142,7 @@ class GEM(Strategy):
         idx = idx.to(task.y_train.device)
         x, y = task.x_train[idx], task.y_train[idx]
         t = torch.full_like(y, task.id)
+        self._stack = None
         if self.mem_t is None:
             self.mem_x, self.mem_y, self.mem_t = x.clone(), y.clone(), t
         else:
@@ -140,6 +151,7 @@ class GEM(Strategy):
             self.mem_t = torch.cat([self.mem_t, t])
 
     def _to(self, device: torch.device) -> None:
+        self._stack = None
         if self.mem_t is not None:
             self.mem_x, self.mem_y, self.mem_t = (
                 self.mem_x.to(device), self.mem_y.to(device), self.mem_t.to(device))
@@ -152,6 +164,7 @@ class GEM(Strategy):
 
     def load_state_dict(self, state: dict) -> None:
         self.projections = int(state.get("projections", 0))
+        self._stack = None
         if "t" in state:
             self.mem_x, self.mem_y, self.mem_t = state["x"], state["y"], state["t"]
         else:
