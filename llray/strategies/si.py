@@ -57,7 +57,7 @@ class SI(Strategy):
 
     Overrides :meth:`fit` (the seam's training loop) to see every update: each step
     backpropagates the task loss alone, records its gradient, then adds the penalty's
-    gradient and steps; the change of every parameter then updates ``ω``. Works in every
+    gradient ``2c Ω (θ − θ*)`` (in closed form) and steps; the change of every parameter then updates ``ω``. Works in every
     scenario (in task-IL the task loss is that of the masked logits).
 
     Example:
@@ -121,11 +121,9 @@ class SI(Strategy):
                 loss = self.task_loss(model, batch, ctx)
                 loss.backward()
                 g = {n: _grad(p) for n, p in params.items()}  # gradient of the task loss only
-                if use_penalty:
-                    pen = self.penalty(model)
-                    pen.backward()  # accumulates into .grad: the step follows L + penalty
-                    loss = loss + pen
                 before = {n: p.detach().clone() for n, p in params.items()}
+                if use_penalty:
+                    self._add_penalty_grad(params, before)  # the step follows L + penalty
                 opt.step()
                 with torch.no_grad():
                     for n, p in params.items():
@@ -133,6 +131,16 @@ class SI(Strategy):
                 total += loss.detach()
             ctx.samples_trained += len(y)
             ctx.check_finite(total)
+
+    @torch.no_grad()
+    def _add_penalty_grad(self, params: dict[str, nn.Parameter], theta: dict[str, Tensor]) -> None:
+        """``grad += 2c Ω (θ − θ*)``, the penalty's gradient, without building a graph."""
+        for n, p in params.items():
+            if n in self.importance:
+                diff = theta[n] - self.anchor[n]
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                p.grad.addcmul_(self.importance[n], diff, value=2 * self.config.c)
 
     def after_task(self, model: nn.Module, task: Task, ctx: Context) -> None:
         """``Ω += ω / (Δ² + ξ)``; the anchor moves to the current parameters."""
