@@ -45,7 +45,8 @@ RUNS_PER_FILE = 12_500
 TARGET_S, TARGET_MIB = 1.0, 1024
 
 
-def generate(root: Path, n_runs: int, T: int, seed: int = 0) -> int:
+def generate(root: Path, n_runs: int, T: int, seed: int = 0,
+             runs_per_file: int = RUNS_PER_FILE) -> int:
     """Write ``n_runs`` random runs of ``T`` tasks under ``root/r_matrix``; return rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -58,8 +59,8 @@ def generate(root: Path, n_runs: int, T: int, seed: int = 0) -> int:
     for e in range(EXPERIMENTS):
         folder = root / "r_matrix" / f"experiment=exp{e}"
         folder.mkdir(parents=True, exist_ok=True)
-        for start in range(0, min(per_exp, n_runs - run0), RUNS_PER_FILE):
-            n = min(RUNS_PER_FILE, per_exp - start, n_runs - run0)
+        for start in range(0, min(per_exp, n_runs - run0), runs_per_file):
+            n = min(runs_per_file, per_exp - start, n_runs - run0)
             table = _runs_table(rng, run0, n, T, pa)
             name = f"batch-{run0:08d}.parquet"
             pq.write_table(table.cast(R_MATRIX_FILE_SCHEMA), folder / name, compression="zstd")
@@ -249,6 +250,8 @@ def main() -> None:
     p.add_argument("--apply-runs", type=int, default=0,
                    help="groupby-apply on only the first N runs (0: all) and scale its "
                         "time to all runs")
+    p.add_argument("--runs-per-file", type=int, default=RUNS_PER_FILE,
+                   help="runs per Parquet file (1: the layout 'llray run' writes)")
     p.add_argument("--dir", help="use (or create) the store here instead of a temp dir")
     p.add_argument("--measure", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -259,10 +262,12 @@ def main() -> None:
         root = Path(args.dir or tmp)
         if not (root / "r_matrix").exists():
             t0 = time.perf_counter()
-            rows = generate(root, args.runs, args.tasks)
-            size = sum(f.stat().st_size for f in root.rglob("*.parquet")) / 2**20
+            rows = generate(root, args.runs, args.tasks, runs_per_file=args.runs_per_file)
+            files = list(root.rglob("*.parquet"))
+            size = sum(f.stat().st_size for f in files) / 2**20
             print(f"store: {args.runs:,} runs x {args.tasks} tasks = {rows:,} R rows, "
-                  f"{size:.0f} MiB Parquet, written in {time.perf_counter() - t0:.1f} s")
+                  f"{size:.0f} MiB Parquet in {len(files):,} files, written in "
+                  f"{time.perf_counter() - t0:.1f} s")
         _report(str(root), args)
 
 
