@@ -50,7 +50,9 @@ def to_bytes_and_back(state):
 
 # -- SI ------------------------------------------------------------------------------------
 def test_si_path_integral_matches_a_hand_computation_with_momentum():
-    """ω = −Σ g_task·Δθ with the real (momentum) update; Ω = Σ ω/(Δ²+ξ); 2 tasks, 3 steps each."""
+    """ω = −Σ g_task·Δθ with the real (momentum) update; Ω = Σ ω/(Δ²+ξ).
+
+    Two tasks, three full-batch steps each."""
     xs = [[[1.0], [2.0], [-1.0]], [[0.5], [-2.0], [1.5]]]
     ys = [[0, 1, 0], [1, 1, 0]]
     stream = tiny_stream(xs, ys, [(0, 1), (0, 1)])

@@ -90,7 +90,9 @@ class GEM(Strategy):
             return []
         return list(dict.fromkeys(self.mem_t.tolist()))
 
-    def memory_gradients(self, model: nn.Module, params: list[nn.Parameter], ctx: Context) -> Tensor:
+    def memory_gradients(
+        self, model: nn.Module, params: list[nn.Parameter], ctx: Context
+    ) -> Tensor:
         """``G`` ``[K, P]``: row k is the gradient of the mean loss on task k's memory.
 
         One ``vmap`` over tasks of ``grad`` of a ``functional_call``: the cost of one

@@ -57,8 +57,9 @@ class SI(Strategy):
 
     Overrides :meth:`fit` (the seam's training loop) to see every update: each step
     backpropagates the task loss alone, records its gradient, then adds the penalty's
-    gradient ``2c Ω (θ − θ*)`` (in closed form) and steps; the change of every parameter then updates ``ω``. Works in every
-    scenario (in task-IL the task loss is that of the masked logits).
+    gradient ``2c Ω (θ − θ*)`` (in closed form) and steps; the change of every
+    parameter then updates ``ω``. Works in every scenario (in task-IL the task loss is
+    that of the masked logits).
 
     Example:
         >>> from llray.strategies import make_strategy
