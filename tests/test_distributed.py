@@ -25,6 +25,7 @@ from llray.cli import main as cli_main
 from llray.config import parse_config
 from llray.data import make_stream
 from llray.distributed.checkpoint import CheckpointStore
+from llray.distributed.streaming import get_stream, put_stream
 from llray.distributed.sweep import SweepOptions, run_sweep
 from llray.experiment import execute
 from llray.results import load
@@ -91,6 +92,15 @@ def r_by_run(output) -> dict[str, np.ndarray]:
     return out
 
 
+def kill_and_wait(actor) -> None:
+    """``ray.kill`` is asynchronous: wait until the actor is gone before the driver goes on."""
+    ray.kill(actor)
+    with pytest.raises(ray.exceptions.RayActorError):
+        for _ in range(200):
+            ray.get(actor.info.remote())
+            time.sleep(0.05)
+
+
 def max_overlap(intervals: list[tuple[float, float]]) -> int:
     """Most intervals alive at one instant."""
     events = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
@@ -113,7 +123,7 @@ def test_half_gpu_runs_go_only_to_gpu_nodes_two_per_node(cluster, stream, refere
         assert a.node_id in gpu_ids, "a 0.5-GPU run was placed on the CPU-only head"
         # fake GPUs: Ray gave the actor a GPU id, but torch has no CUDA -> CPU, untouched
         assert a.device == "cpu" and a.info["cuda_initialized"] is False
-        per_node.setdefault(a.node_id, []).append((a.info["created"], a.ended))
+        per_node.setdefault(a.node_id, []).append((a.info["loaded_at"], a.ended))
     # CPUs alone would allow 4 such actors per node; the GPU halves allow 2
     assert all(max_overlap(iv) <= 2 for iv in per_node.values()), per_node
     assert sum(len(iv) for iv in per_node.values()) == 6
@@ -123,13 +133,37 @@ def test_half_gpu_runs_go_only_to_gpu_nodes_two_per_node(cluster, stream, refere
     assert not torch.cuda.is_initialized()
 
 
+def test_stream_is_put_once_and_read_back_without_copies(cluster, stream):
+    handle = put_stream(stream)
+    assert len(handle.refs) == stream.num_tasks
+    back = get_stream(handle)
+    for a, b, ref in zip(stream.tasks, back.tasks, handle.refs):
+        assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+        # the tensor is a view of the shared-memory object (read-only), not a copy
+        stored = ray.get(ref)["x_train"]
+        assert not stored.flags.writeable
+        assert b.x_train.data_ptr() == stored.ctypes.data
+    assert handle.nbytes == sum(t.x_train.nbytes + t.y_train.nbytes + t.x_test.nbytes
+                                + t.y_test.nbytes for t in stream.tasks)
+
+
+def test_one_actor_runs_the_sweep_one_run_after_another(cluster, stream, reference):
+    specs = config(seeds=[0, 1, 2]).runs()
+    finished = run_sweep(specs, stream, None, SweepOptions(max_in_flight=1))
+    infos = [f.attempts[0].info for f in finished]
+    assert len({i["pid"] for i in infos}) == 1  # one process ...
+    assert [i["runs_hosted"] for i in infos] == [1, 2, 3]  # ... hosting each run in turn
+    for f in finished:  # and nothing of one run leaks into the next
+        np.testing.assert_array_equal(f.result.R, reference[f.spec.seed])
+
+
 def test_killed_actor_resumes_after_its_last_task(cluster, stream, reference, tmp_path):
     k = 1
     spec = config(seeds=[2]).runs()[0]
 
     def kill_after_task_k(e):
         if e.step == k and e.attempt == 0:
-            ray.kill(ray.get_actor(e.actor_name))
+            kill_and_wait(e.actor)
 
     [f] = run_sweep([spec], stream, str(tmp_path / "out"),
                     SweepOptions(checkpoint=str(tmp_path / "ckpt")), on_task=kill_after_task_k)
@@ -149,7 +183,7 @@ def test_retries_are_bounded_then_the_run_is_failed(cluster, stream, reference, 
 
     def always_kill(e):  # every actor of this run dies after its first task
         if e.step == e.attempt + 1:
-            ray.kill(ray.get_actor(e.actor_name))
+            kill_and_wait(e.actor)
 
     [f] = run_sweep([spec], stream, str(tmp_path / "out"),
                     SweepOptions(checkpoint=str(tmp_path / "ckpt"), max_retries=1),
@@ -169,39 +203,6 @@ def test_retries_are_bounded_then_the_run_is_failed(cluster, stream, reference, 
     runs = raw_rows(tmp_path / "out", "runs")
     assert list(runs["status"]) == ["ok"]
     np.testing.assert_array_equal(r_by_run(tmp_path / "out")[spec.run_id], reference[1])
-
-
-def test_node_removed_mid_sweep_loses_and_duplicates_nothing(cluster, stream, reference,
-                                                             tmp_path):
-    c, gpu_nodes = cluster
-    specs = config().runs()  # 4 runs asking 1 CPU: head and both workers take some
-    victim: list = []
-
-    def remove_a_worker_node(e):
-        if victim or e.node_id == c.head_node.node_id:
-            return
-        node = next(n for n in c.worker_nodes if n.node_id == e.node_id)
-        victim.append((e.spec.run_id, e.step))
-        c.remove_node(node)
-
-    out = tmp_path / "out"
-    try:
-        finished = run_sweep(specs, stream, str(out), SweepOptions(
-            checkpoint=str(tmp_path / "ckpt"), max_in_flight=4), on_task=remove_a_worker_node)
-    finally:
-        gpu_nodes.append(c.add_node(num_cpus=2, num_gpus=1))  # keep the cluster's shape
-    assert victim, "no run was placed on a worker node"
-    run_id, step = victim[0]
-    hit = next(f for f in finished if f.spec.run_id == run_id)
-    assert len(hit.attempts) >= 2 and "node" in hit.attempts[0].error
-    assert hit.attempts[-1].resumed_from >= step  # continued from its checkpoint
-    assert sorted(f.spec.run_id for f in finished) == sorted(s.run_id for s in specs)
-    assert all(f.result.status == "ok" for f in finished)
-    R = r_by_run(out)
-    assert set(R) == {s.run_id for s in specs}
-    for s in specs:
-        np.testing.assert_array_equal(R[s.run_id], reference[s.seed])
-    assert len(raw_rows(out, "runs")) == len(specs)
 
 
 class Stop(Exception):
@@ -242,3 +243,34 @@ def test_interrupted_driver_resumed_writes_only_missing_runs(cluster, stream, re
     for s in specs:
         np.testing.assert_array_equal(R[s.run_id], reference[s.seed])
     assert CheckpointStore(str(ckpt)).run_ids() == set()
+
+
+def test_node_removed_mid_sweep_loses_and_duplicates_nothing(cluster, stream, reference,
+                                                             tmp_path):
+    c, _ = cluster
+    specs = config(seeds=[0, 1, 2]).runs()  # 1 CPU each: the head fits 2, so a worker
+    # node gets at least one. This test removes a node: it runs last in the module.
+    victim: list = []
+
+    def remove_a_worker_node(e):
+        if victim or e.node_id == c.head_node.node_id:
+            return
+        node = next(n for n in c.worker_nodes if n.node_id == e.node_id)
+        victim.append((e.spec.run_id, e.step))
+        c.remove_node(node)
+
+    out = tmp_path / "out"
+    finished = run_sweep(specs, stream, str(out), SweepOptions(
+        checkpoint=str(tmp_path / "ckpt"), max_in_flight=3), on_task=remove_a_worker_node)
+    assert victim, "no run was placed on a worker node"
+    run_id, step = victim[0]
+    hit = next(f for f in finished if f.spec.run_id == run_id)
+    assert len(hit.attempts) >= 2 and "node" in hit.attempts[0].error
+    assert hit.attempts[-1].resumed_from == step  # continued from its checkpoint
+    assert sorted(f.spec.run_id for f in finished) == sorted(s.run_id for s in specs)
+    assert all(f.result.status == "ok" for f in finished)
+    R = r_by_run(out)
+    assert set(R) == {s.run_id for s in specs}
+    for s in specs:
+        np.testing.assert_array_equal(R[s.run_id], reference[s.seed])
+    assert len(raw_rows(out, "runs")) == len(specs)

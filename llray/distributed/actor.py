@@ -1,10 +1,13 @@
-"""The learner actor: one per run, holds the lifelong model and strategy state.
+"""The learner actor: holds one lifelong run at a time, model and strategy state.
 
-The driver calls :meth:`LearnerActor.start` once and :meth:`LearnerActor.learn_next`
-once per task, so it sees every task finish. After each task the actor checkpoints
-model, strategy state, RNG state and R so far (:mod:`llray.distributed.checkpoint`);
-an actor created with ``resume=True`` continues from that checkpoint, so the tasks
-before it are not trained again. The learning itself is :mod:`llray.learner`.
+An actor reads the task stream from the object store once, when it starts, then runs
+one :class:`RunSpec` after another: :meth:`LearnerActor.load` builds (or restores) a
+run, :meth:`LearnerActor.learn_next` learns one task of its order, :meth:`result` ends
+it. Reusing the actor for the sweep's next run saves starting a Python process and
+importing torch for every run. After each task the actor checkpoints model, strategy
+state, RNG state and R so far (:mod:`llray.distributed.checkpoint`); a run loaded with
+``resume=True`` continues from that checkpoint, so the tasks before it are not trained
+again. The learning itself is :mod:`llray.learner`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from llray.config import RunSpec
 from llray.distributed.checkpoint import FORMAT, CheckpointStore
 from llray.distributed.streaming import StreamHandle, get_stream
 from llray.experiment import build_run, utc_now
-from llray.learner import RunResult
+from llray.learner import LifelongRun, RunResult
 
 Step = tuple[int, np.ndarray, str]  # (tasks learned so far, newest R row, status)
 
@@ -59,32 +62,39 @@ def _to_device(obj: Any, device: str) -> Any:
 
 @ray.remote
 class LearnerActor:
-    """Runs one :class:`RunSpec` a task at a time on the device Ray gave it.
+    """Runs :class:`RunSpec` s one at a time, a task per call, on the device Ray gave it.
 
     Args:
-        spec: the run.
-        stream: the task stream's object-store handle (read zero-copy).
+        stream: the task stream's object-store handle (read zero-copy, once).
         store: where to checkpoint after each task (None: no checkpoints).
-        resume: continue from ``store``'s checkpoint of this run when there is one.
     """
 
-    def __init__(
-        self, spec: RunSpec, stream: StreamHandle, store: CheckpointStore | None, resume: bool
-    ) -> None:
-        self.created = time.time()
+    def __init__(self, stream: StreamHandle, store: CheckpointStore | None) -> None:
         self.threads = set_threads()
         self.device = pick_device()
-        self.spec = spec
+        self.stream = get_stream(stream)
         self.store = store
-        self.run = build_run(spec, get_stream(stream), self.device)
+        self.spec: RunSpec | None = None
+        self.run: LifelongRun | None = None
+        self.runs_hosted = 0
+
+    def load(self, spec: RunSpec, resume: bool) -> tuple[Step, dict[str, Any]]:
+        """Build ``spec``'s run (from its checkpoint if ``resume`` and there is one).
+
+        Returns R row 0 (or, resumed, the checkpoint's last row) and :meth:`info`.
+        """
+        self.loaded_at = time.time()
+        self.spec, self.run = spec, build_run(spec, self.stream, self.device)
         self.started_at: datetime = utc_now()
         self.wall_before = 0.0  # wall seconds of earlier attempts (from the checkpoint)
-        state = store.load(spec.run_id) if (resume and store is not None) else None
+        state = self.store.load(spec.run_id) if (resume and self.store is not None) else None
         if state is not None:
             self._restore(state)
         self.resumed_from = self.run.step
-        self.trained = 0  # tasks learned by this actor
         self.t0 = time.perf_counter()
+        self.runs_hosted += 1
+        self.run.start()
+        return (self.run.step, self.run.R[self.run.step], self.run.status), self.info()
 
     def _restore(self, state: dict) -> None:
         assert state.get("format") == FORMAT, f"checkpoint format {state.get('format')}"
@@ -117,22 +127,19 @@ class LearnerActor:
             "resumed_from": self.resumed_from,
             "pid": os.getpid(),
             "cuda_initialized": torch.cuda.is_initialized(),
-            "created": self.created,  # unix time
+            "loaded_at": self.loaded_at,  # unix time the current run was loaded
+            "runs_hosted": self.runs_hosted,  # runs this actor has loaded, this one included
         }
-
-    def start(self) -> tuple[Step, dict[str, Any]]:
-        """R row 0 (or, resumed, the last row of the checkpoint) and :meth:`info`."""
-        self.run.start()
-        return (self.run.step, self.run.R[self.run.step], self.run.status), self.info()
 
     def learn_next(self) -> Step:
         """Learn the next task of the order, checkpoint, return (step, R row, status)."""
         row = self.run.learn_next()
-        self.trained += 1
         if self.store is not None and self.run.status == "ok":
             self._checkpoint()
         return self.run.step, row, self.run.status
 
     def result(self) -> tuple[RunResult, datetime, datetime]:
-        """The finished run's result with its start and finish times (UTC)."""
-        return self.run.result(self._wall()), self.started_at, utc_now()
+        """The current run's result with its start and finish times (UTC); drops the run."""
+        out = self.run.result(self._wall()), self.started_at, utc_now()
+        self.spec = self.run = None
+        return out

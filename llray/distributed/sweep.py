@@ -2,9 +2,12 @@
 
 The driver puts the stream's tasks into the object store once
 (:func:`~llray.distributed.streaming.put_stream`); every actor gets the same references.
-At most ``max_in_flight`` actors exist at a time (``ray.wait`` backpressure), so a sweep
-of thousands of runs does not submit everything at once. Each run's rows are written
-to the Parquet store the moment it finishes.
+At most ``max_in_flight`` runs are in flight at a time, each on its own
+:class:`~llray.distributed.actor.LearnerActor` (``ray.wait`` backpressure), so a sweep of
+thousands of runs does not submit everything at once. An actor whose run has finished
+takes the next waiting run, so a Python process and torch are started once per slot,
+not once per run. Each run's rows are written to the Parquet store the moment it
+finishes.
 
 When an actor or its node dies (:class:`ray.exceptions.RayActorError` and friends), the
 driver starts a new actor for the run, which Ray places wherever resources are free,
@@ -59,8 +62,10 @@ class SweepOptions:
         max_retries: restarts of a run whose actor or node died.
         resume: start each run from its checkpoint when one exists (``--resume``);
             restarts after a failure always do.
-        max_in_flight: actors alive at once (default: see :func:`default_in_flight`).
+        max_in_flight: runs (and actors) in flight at once (default:
+            :func:`default_in_flight`).
         keep_checkpoints: keep a run's checkpoint after its results are written.
+        reuse_actors: give a finished run's actor the next waiting run.
     """
 
     checkpoint: str | None = None
@@ -68,6 +73,7 @@ class SweepOptions:
     resume: bool = False
     max_in_flight: int | None = None
     keep_checkpoints: bool = False
+    reuse_actors: bool = True
 
 
 @dataclass
@@ -79,8 +85,8 @@ class Attempt:
     resumed_from: int = 0  # tasks restored from the checkpoint when it started
     trained: int = 0  # tasks it learned
     error: str | None = None  # why it ended early, if it did
-    info: dict[str, Any] = field(default_factory=dict)  # LearnerActor.info() at start
-    ended: float = 0.0  # unix time the driver let go of the actor
+    info: dict[str, Any] = field(default_factory=dict)  # LearnerActor.info() at load
+    ended: float = 0.0  # unix time the driver was done with the actor for this run
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,7 @@ class TaskEvent:
     row: np.ndarray  # the new R row
     attempt: int  # 0 for the first actor of this run, 1 after one restart, ...
     node_id: str
-    actor_name: str  # ``ray.get_actor(actor_name)`` finds the live actor
+    actor: Any  # the run's live LearnerActor handle
 
 
 @dataclass
@@ -116,10 +122,6 @@ class _Run:
     spec: RunSpec
     attempts: list[Attempt] = field(default_factory=list)
     actor: Any = None
-
-    @property
-    def actor_name(self) -> str:
-        return f"llray-{self.spec.run_id}-{len(self.attempts) - 1}"
 
 
 def meta_for(spec: RunSpec, started_at: Any, finished_at: Any, stream: TaskStream) -> RunMeta:
@@ -159,10 +161,10 @@ def run_sweep(
     on_task: Callable[[TaskEvent], None] | None = None,
     on_run: Callable[[Finished], None] | None = None,
 ) -> list[Finished]:
-    """Run every spec on its own :class:`LearnerActor`; write each run when it finishes.
+    """Run every spec on a :class:`LearnerActor`; write each run when it finishes.
 
     Args:
-        specs: the runs (all on ``stream``).
+        specs: the runs (all on ``stream``, all asking for the same resources).
         stream: the task stream, put into the object store once.
         output: results directory (``None``: do not write).
         options: checkpoints, retries, resume, backpressure (:class:`SweepOptions`).
@@ -181,8 +183,11 @@ def run_sweep(
 
 class _Sweep:
     def __init__(self, specs, stream, output, options, on_task, on_run) -> None:
-        self.specs, self.stream, self.output, self.opt = specs, stream, output, options
+        self.stream, self.output, self.opt = stream, output, options
         self.on_task, self.on_run = on_task, on_run
+        self.pending = deque(_Run(s) for s in specs)
+        self.resources = specs[0].resources
+        assert all(s.resources == self.resources for s in specs), "one resource shape"
         self.store = CheckpointStore(resolve(options.checkpoint)) if options.checkpoint else None
         self.handle: StreamHandle | None = None
         self.active: dict[ray.ObjectRef, tuple[_Run, str]] = {}  # call -> run, kind
@@ -190,12 +195,11 @@ class _Sweep:
 
     def run(self) -> list[Finished]:
         self.handle = put_stream(self.stream)
-        limit = self.opt.max_in_flight or default_in_flight(self.specs[0])
-        pending = deque(self.specs)
+        limit = self.opt.max_in_flight or default_in_flight(self.pending[0].spec)
         try:
-            while pending or self.active:
-                while pending and len(self.active) < limit:
-                    self._launch(_Run(pending.popleft()), resume=self.opt.resume)
+            while self.pending or self.active:
+                while self.pending and len(self.active) < limit:
+                    self._launch(self.pending.popleft(), actor=None)
                 [ref], _ = ray.wait(list(self.active), num_returns=1)
                 r, kind = self.active.pop(ref)
                 try:
@@ -209,14 +213,17 @@ class _Sweep:
             self.active.clear()
         return self.finished
 
-    def _launch(self, r: _Run, resume: bool) -> None:
-        """A new actor for ``r`` (fresh, or from its checkpoint); its first call is start."""
+    def _new_actor(self) -> Any:
+        res = self.resources
+        return LearnerActor.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus).remote(
+            self.handle, self.store)
+
+    def _launch(self, r: _Run, actor: Any) -> None:
+        """Load ``r`` on ``actor`` (a new one if None); a retried run resumes."""
+        resume = self.opt.resume or bool(r.attempts)
         r.attempts.append(Attempt())
-        res = r.spec.resources
-        r.actor = LearnerActor.options(
-            num_cpus=res.num_cpus, num_gpus=res.num_gpus, name=r.actor_name
-        ).remote(r.spec, self.handle, self.store, resume)
-        self.active[r.actor.start.remote()] = (r, "start")
+        r.actor = actor if actor is not None else self._new_actor()
+        self.active[r.actor.load.remote(r.spec, resume)] = (r, "load")
 
     def _handle(self, ref: ray.ObjectRef, r: _Run, kind: str) -> None:
         """One call of ``r``'s actor returned (or its actor died): take the next step."""
@@ -226,14 +233,14 @@ class _Sweep:
         except LOST as e:
             attempt.error = f"{type(e).__name__}: {e}"
             if isinstance(e, RayActorError) and e.actor_init_failed:
-                return self._fail(r)  # building the run raised: it would raise again
+                return self._fail(r)  # reading the stream raised: it would raise again
             return self._restart(r)
         except RayTaskError as e:  # the learning code raised: retrying would not help
             attempt.error = f"{type(e).__name__}: {e}"
             return self._fail(r)
         if kind == "result":
             return self._complete(r, *out)
-        if kind == "start":
+        if kind == "load":
             (step, row, status), info = out
             attempt.node_id, attempt.device = info["node_id"], info["device"]
             attempt.resumed_from, attempt.info = info["resumed_from"], info
@@ -243,7 +250,7 @@ class _Sweep:
                 attempt.trained += 1
                 if self.on_task is not None:
                     self.on_task(TaskEvent(r.spec, step, row, len(r.attempts) - 1,
-                                           attempt.node_id, r.actor_name))
+                                           attempt.node_id, r.actor))
         if status == "ok" and step < len(r.spec.order):
             self.active[r.actor.learn_next.remote()] = (r, "learn")
         else:
@@ -253,11 +260,16 @@ class _Sweep:
         _kill(r.actor, r.attempts[-1])
         if len(r.attempts) > self.opt.max_retries:
             return self._fail(r)
-        self._launch(r, resume=True)
+        self._launch(r, actor=None)
 
     def _complete(self, r: _Run, result: RunResult, started_at: datetime,
                   finished_at: datetime) -> None:
-        _kill(r.actor, r.attempts[-1])
+        r.attempts[-1].ended = time.time()
+        actor, r.actor = r.actor, None
+        if self.pending and self.opt.reuse_actors:
+            self._launch(self.pending.popleft(), actor)  # the next run, same actor
+        else:
+            _kill(actor, r.attempts[-1])
         self._record(Finished(r.spec, result, started_at, finished_at, r.attempts))
         if self.store is not None and not self.opt.keep_checkpoints:
             self.store.delete(r.spec.run_id)
