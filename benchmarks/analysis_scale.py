@@ -119,7 +119,8 @@ def _runs_table(rng: np.random.Generator, run0: int, n: int, T: int, pa) -> "pa.
     decay = rng.random((n, 1, T)) * 0.05
     steps = np.arange(T + 1)[None, :, None]
     pos = np.arange(1, T + 1)[None, None, :]
-    R = np.where(steps >= pos, learned - decay * (steps - pos), 0.1 + 0.05 * rng.random((n, T + 1, T)))
+    chance = 0.1 + 0.05 * rng.random((n, T + 1, T))
+    R = np.where(steps >= pos, learned - decay * (steps - pos), chance)
     diverged = rng.random(n) < 0.01
     R[diverged, T // 2 :, :] = np.nan
     per_run = (T + 1) * T

@@ -196,7 +196,8 @@ def metrics_sql(source: str, metrics: Sequence[str] = METRICS, order: bool = Tru
         "learning_accuracy": "avg(diag)",
     }
     complete = "sum(n) = sum(copies) * (any_value(T) + 1)"
-    order_col = "string_agg(CAST(task AS VARCHAR), ',' ORDER BY eval_pos) AS \"order\"," if order else ""
+    order_col = ("string_agg(CAST(task AS VARCHAR), ',' ORDER BY eval_pos) AS \"order\","
+                 if order else "")
     cols = ", ".join(f"CASE WHEN {complete} THEN {exprs[m]} END AS {m}" for m in metrics)
     return f"""{cells},
 cols AS (
@@ -342,7 +343,9 @@ def _read_r(output: str | Path, experiment: str | None) -> tuple[Any, Any]:
             raise ConfigError("experiment", _absent(experiment, parquet_files(output)))
     check_files(files, "r_matrix")
     hive = ds.partitioning(pa.schema([("experiment", pa.string())]), flavor="hive")
-    dataset = ds.dataset(files, format="parquet", partitioning=hive,
+    options = ds.ParquetReadOptions(dictionary_columns=["run_id"])  # no string per row
+    fmt = ds.ParquetFileFormat(read_options=options)
+    dataset = ds.dataset(files, format=fmt, partitioning=hive,
                          partition_base_dir=str(Path(output) / "r_matrix"))
     cells = dataset.to_table(columns=["run_id", "step", "eval_task", "eval_pos", "accuracy"])
     first = (pc.field("step") == 0) & (pc.field("eval_pos") == 1)
@@ -364,7 +367,7 @@ def _pandas_metrics(output: str | Path, metrics: Sequence[str],
     table, meta = _read_r(output, experiment)
     if table.num_rows == 0:
         raise ConfigError("output", f"no results in {os.fspath(output)!r}")
-    encoded = pc.dictionary_encode(table["run_id"]).combine_chunks()
+    encoded = pc.dictionary_encode(table["run_id"]).combine_chunks()  # unifies the chunks
     codes = encoded.indices.to_numpy().astype(np.int64)
     n = len(encoded.dictionary)
     T = np.zeros(n, dtype=np.int64)

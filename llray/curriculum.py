@@ -67,7 +67,8 @@ def candidates(
     for name, order in (proposed or {}).items():
         order = tuple(int(x) for x in order)
         if sorted(order) != list(range(num_tasks)):
-            raise ConfigError(name, f"order {list(order)} is not a permutation of 0..{num_tasks - 1}")
+            raise ConfigError(name, f"order {list(order)} is not a permutation of "
+                                    f"0..{num_tasks - 1}")
         labels.setdefault(order, []).append(name)
     return [Candidate(" = ".join(names), order) for order, names in labels.items()]
 
@@ -150,7 +151,8 @@ def specs(template: RunSpec, seeds: Sequence[int], cands: Sequence[Candidate]) -
 
 
 def compare(output: str | Path, experiment: str, strategy: str,
-            cands: Sequence[Candidate], confidence: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
+            cands: Sequence[Candidate],
+            confidence: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per candidate: ACC/BWT over seeds, rank, percentile among the random orders.
 
     Returns:

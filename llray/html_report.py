@@ -223,7 +223,8 @@ def _curves(exp: str, group: pd.DataFrame, mean: pd.DataFrame, dpi: int) -> list
     for k in range(len(strategies), rows * cols):
         axes[k // cols][k % cols].set_visible(False)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize=7, title="task", title_fontsize=7)
+    fig.legend(handles, labels, loc="outside right upper", fontsize=7, title="task",
+               title_fontsize=7)
     caption = ("Accuracy of each task over time (mean over runs): one line per task, a dot "
                "where it was learned; a line falling after its dot is forgetting.")
     return [Figure(_slug(exp, "curves"), "curves", exp, caption, _png(fig, dpi))]
@@ -372,7 +373,8 @@ def _optuna_importances(journal: Path, name: str) -> tuple[dict[str, float], int
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    study = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(journal))))
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    study = optuna.load_study(study_name=name, storage=storage)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if len(done) < 2:
         return {}, len(done)
@@ -502,7 +504,8 @@ def render(sections: Sequence[Section], output: str | Path) -> str:
     return "\n".join(parts)
 
 
-def write_html(output: str | Path, path: str | Path, sections: Sequence[Section] | None = None) -> Path:
+def write_html(output: str | Path, path: str | Path,
+               sections: Sequence[Section] | None = None) -> Path:
     """Write the self-contained report page of ``output`` to ``path``."""
     sections = build(output) if sections is None else sections
     path = Path(path)

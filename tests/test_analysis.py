@@ -95,7 +95,8 @@ def test_missing_entries_give_nan_not_a_smaller_r(tmp_path):
 def test_summarize_confidence_interval_by_hand():
     df = pd.DataFrame({"strategy": ["a", "a", "a", "b", "b"],
                        "acc": [0.5, 0.6, 0.9, 0.2, np.nan]})
-    s = analysis.summarize(df, by="strategy", metrics=["acc"], confidence=0.95).set_index("strategy")
+    s = analysis.summarize(df, by="strategy", metrics=["acc"], confidence=0.95)
+    s = s.set_index("strategy")
     x = np.array([0.5, 0.6, 0.9])
     half = 4.302652729911275 * x.std(ddof=1) / np.sqrt(3)  # t_{0.975, 2}
     assert s.loc["a", "acc"] == pytest.approx(x.mean())
@@ -184,7 +185,8 @@ def test_foreign_parquet_is_named(tmp_path, engine):
 
 def test_unknown_experiment_lists_the_ones_there(tmp_path):
     _store(tmp_path)
-    with pytest.raises(ConfigError, match="'nope' is not in the results; experiments there: exp, other"):
+    with pytest.raises(ConfigError,
+                       match="'nope' is not in the results; experiments there: exp, other"):
         analysis.run_metrics(tmp_path, experiment="nope")
     assert set(analysis.run_metrics(tmp_path, experiment="other")["experiment"]) == {"other"}
 

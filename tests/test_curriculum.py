@@ -51,8 +51,10 @@ def test_tuned_order_is_the_best_finished_trial(tmp_path):
     _trial(tmp_path, 3, "lr_only", (0, 1, 2), 0.95, searched=("train.lr",))
     _trial(tmp_path, 4, "other_stream", (1, 0), 0.99)
     assert cu.tuned_orders(tmp_path, 3, "permuted-digits") == {"tuned:s": (2, 0, 1)}
-    assert cu.tuned_orders(tmp_path, 3, "permuted-digits", "lr_only") == {"tuned:lr_only": (0, 1, 2)}
-    with pytest.raises(ConfigError, match="no study 'nope' .* studies there: lr_only, other_stream, s"):
+    lr_only = cu.tuned_orders(tmp_path, 3, "permuted-digits", "lr_only")
+    assert lr_only == {"tuned:lr_only": (0, 1, 2)}
+    with pytest.raises(ConfigError,
+                       match="no study 'nope' .* studies there: lr_only, other_stream, s"):
         cu.tuned_orders(tmp_path, 3, "permuted-digits", "nope")
     with pytest.raises(ConfigError, match="another stream"):
         cu.tuned_orders(tmp_path, 3, "permuted-digits", "other_stream")

@@ -98,7 +98,8 @@ def test_exact_path_refuses_too_many_tasks():
 def test_bad_strategy_and_single_task_are_config_errors():
     cfg = parse_config({"stream": {"num_tasks": 2}, "strategies": ["naive", "joint"]})
     assert tx.template(cfg, "joint").strategy.name == "joint"
-    with pytest.raises(ConfigError, match="'ewc' is not in the config; its strategies: naive, joint"):
+    with pytest.raises(ConfigError,
+                       match="'ewc' is not in the config; its strategies: naive, joint"):
         tx.template(cfg, "ewc")
     with pytest.raises(ConfigError, match="at least 2 tasks"):
         tx.template(parse_config({"stream": {"num_tasks": 1}, "strategies": ["naive"]}))
