@@ -117,3 +117,15 @@ def test_order_must_be_a_permutation():
     for bad in ([0, 1], [0, 0, 1], [0, 1, 3]):
         with pytest.raises(ValueError, match="not a permutation"):
             check_order(bad, 3)
+
+
+def test_naive_forgets_and_joint_is_the_upper_bound():
+    s = make_stream(StreamConfig(dataset="digits", kind="permuted", num_tasks=4, seed=0))
+    train = TrainConfig(epochs=2, optimizer="adam", lr=0.003)
+    from llray import metrics
+
+    naive = run_stream(s, model_for(s, 0), make_strategy("naive"), train, seed=0)
+    joint = run_stream(s, model_for(s, 0), make_strategy("joint"), train, seed=0)
+    assert metrics.bwt(naive.R) < -0.2
+    assert metrics.acc(joint.R) > metrics.acc(naive.R) + 0.2
+    assert metrics.bwt(joint.R) > metrics.bwt(naive.R) + 0.2
