@@ -28,3 +28,11 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) results .pytest_cache
+
+# Reference results (README "Reference results"): every strategy on the three benchmarks
+# in jobs/reference/, 5 seeds each, into results/reference, then the summary table.
+.PHONY: reference
+reference: $(STAMP)
+	for f in jobs/reference/*.yaml; do \
+		$(BIN)/llray run $$f --output results/reference --no-progress || exit 1; done
+	$(BIN)/llray report results/reference
