@@ -23,7 +23,10 @@ A missing file is a :class:`~llray.errors.ConfigError` on ``stream.path`` that n
 missing files and every folder searched. The CIFAR pickles are read with an unpickler
 that only admits NumPy arrays and plain containers, so a file cannot run code.
 
-:func:`rotate_images` rotates a batch of images (for rotated-MNIST streams).
+:func:`rotate_images` rotates a batch of NumPy or torch images, square or not. Streams
+(``stream: {dataset: mnist, path: ..., kind: rotated}``) are built by
+:mod:`llray.data.streams`, whose rotated kind uses :func:`llray.data.scenarios.rotate_images`
+(the same counter-clockwise rotation, exact for multiples of 90 degrees).
 
 Example:
     >>> x = np.zeros((1, 1, 3, 3), np.float32); x[0, 0, 1, 2] = 1.0  # right middle
