@@ -148,12 +148,17 @@ def test_stream_is_put_once_and_read_back_without_copies(cluster, stream):
 
 
 def test_one_actor_runs_the_sweep_one_run_after_another(cluster, stream, reference):
-    specs = config(seeds=[0, 1, 2]).runs()
+    [diverging] = config(seeds=[9], train={**CONFIG["train"], "lr": 1e12}).runs()
+    specs = [diverging, *config(seeds=[0, 1]).runs()]
     finished = run_sweep(specs, stream, None, SweepOptions(max_in_flight=1))
+    assert [f.spec.seed for f in finished] == [9, 0, 1]
     infos = [f.attempts[0].info for f in finished]
     assert len({i["pid"] for i in infos}) == 1  # one process ...
     assert [i["runs_hosted"] for i in infos] == [1, 2, 3]  # ... hosting each run in turn
-    for f in finished:  # and nothing of one run leaks into the next
+    bad = finished[0]  # a diverged run is a result, not a failure: no retry
+    assert bad.result.status == "diverged" and len(bad.attempts) == 1
+    assert np.isnan(bad.result.R[1:]).all() and not np.isnan(bad.result.R[0]).any()
+    for f in finished[1:]:  # and nothing of one run leaks into the next
         np.testing.assert_array_equal(f.result.R, reference[f.spec.seed])
 
 
@@ -165,8 +170,9 @@ def test_killed_actor_resumes_after_its_last_task(cluster, stream, reference, tm
         if e.step == k and e.attempt == 0:
             kill_and_wait(e.actor)
 
-    [f] = run_sweep([spec], stream, str(tmp_path / "out"),
-                    SweepOptions(checkpoint=str(tmp_path / "ckpt")), on_task=kill_after_task_k)
+    ckpt = f"file://{tmp_path}/ckpt"  # a pyarrow.fs URI, as s3://... would be
+    [f] = run_sweep([spec], stream, str(tmp_path / "out"), SweepOptions(checkpoint=ckpt),
+                    on_task=kill_after_task_k)
     first, second = f.attempts
     assert first.trained == k and "ActorDiedError" in first.error
     assert second.resumed_from == k  # restored task k's checkpoint ...
@@ -174,7 +180,8 @@ def test_killed_actor_resumes_after_its_last_task(cluster, stream, reference, tm
     assert f.tasks_trained == T and f.result.status == "ok"
     np.testing.assert_array_equal(f.result.R, reference[2])
     np.testing.assert_array_equal(r_by_run(tmp_path / "out")[spec.run_id], reference[2])
-    assert CheckpointStore(str(tmp_path / "ckpt")).run_ids() == set()  # removed once written
+    assert CheckpointStore(ckpt).run_ids() == set()  # removed once the run is written
+    assert (tmp_path / "ckpt").is_dir()
 
 
 def test_retries_are_bounded_then_the_run_is_failed(cluster, stream, reference, tmp_path,

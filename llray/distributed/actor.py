@@ -87,7 +87,11 @@ class LearnerActor:
         self.spec, self.run = spec, build_run(spec, self.stream, self.device)
         self.started_at: datetime = utc_now()
         self.wall_before = 0.0  # wall seconds of earlier attempts (from the checkpoint)
-        state = self.store.load(spec.run_id) if (resume and self.store is not None) else None
+        state = None
+        if self.store is not None and resume:
+            state = self.store.load(spec.run_id)
+        elif self.store is not None:
+            self.store.delete(spec.run_id)  # a fresh start: a retry must not find an old one
         if state is not None:
             self._restore(state)
         self.resumed_from = self.run.step
