@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 
 import torch
@@ -37,12 +38,14 @@ def build_run(
 
 def execute(spec: RunSpec, stream: TaskStream | None = None, device: str = "cpu") -> RunResult:
     """Run ``spec`` to the end in this process (no Ray)."""
+    t0 = time.perf_counter()
     run = build_run(spec, stream, device)
     run.start()
     while not run.done:
         run.learn_next()
-    return run.result(wall_s=run.train_s)
+    return run.result(wall_s=time.perf_counter() - t0)
 
 
 def utc_now() -> datetime:
+    """The current time, timezone-aware UTC (results store timestamps)."""
     return datetime.now(timezone.utc)
