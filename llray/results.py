@@ -13,12 +13,16 @@ temporary name in its final directory and renamed, so a reader never sees half a
 a run's R rows are written before its run row, so a run listed in ``runs/`` is complete.
 Writing a run again replaces its file (idempotent by ``run_id``). :func:`write_runs`
 puts many runs in one file named ``batch-<hash of the run ids>.parquet``; if the same run
-ends up in two files, :func:`load` and :func:`finished_run_ids` still return it once
-(see ``docs/results.md`` for the SQL equivalent).
+ends up in two files, :func:`load` and :func:`finished_run_ids` still return it once: its
+newest copy (see ``docs/results.md`` for the rule and the SQL equivalent).
+:func:`compact` merges the many small files of each experiment into a few large ones.
 
-Entries a run never reached (the rows after a divergence) are stored as NaN accuracy,
-exactly as in R, so aggregates over them are NaN too; metrics in ``runs/`` that are not
-defined (a diverged run, or BWT with one task) are null.
+A run's status is one of :data:`STATUSES`: ``ok``, ``diverged`` (the loss stopped being
+finite), ``stopped`` (a scheduler such as ASHA ended it before its last task) or
+``failed``. Entries a run never reached (the rows after a divergence or a stop) are
+stored as NaN accuracy, exactly as in R, so aggregates over them are NaN too; metrics in
+``runs/`` that are not defined (ACC of a diverged or stopped run, BWT with one task)
+are null.
 
 Example:
     >>> import numpy as np, tempfile
@@ -40,6 +44,7 @@ import hashlib
 import json
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +56,7 @@ from urllib.parse import quote, unquote
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -67,10 +73,12 @@ __all__ = [
     "R_MATRIX_FILE_SCHEMA",
     "R_MATRIX_SCHEMA",
     "STATUSES",
+    "CompactStats",
     "Results",
     "ResultsError",
     "RunMeta",
     "check_writable",
+    "compact",
     "finished_run_ids",
     "load",
     "load_r_matrix",
@@ -84,7 +92,8 @@ __all__ = [
 ]
 
 PARTITION = "experiment"
-STATUSES = ("ok", "diverged", "failed")
+#: ``stopped``: a scheduler (ASHA, an Optuna pruner) ended the run before its last task.
+STATUSES = ("ok", "diverged", "stopped", "failed")
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 _RUN_COLUMNS = [
     ("run_id", pa.string()),
@@ -106,7 +115,7 @@ R_MATRIX_SCHEMA = pa.schema(
         ("train_task", pa.int32()),  # null at step 0
         ("eval_task", pa.int32()),  # task id
         ("eval_pos", pa.int32()),
-        ("accuracy", pa.float64()),  # NaN where the run never got (after a divergence)
+        ("accuracy", pa.float64()),  # NaN where the run never got (diverged, stopped)
         ("n_test", pa.int64()),
     ]
 )
@@ -115,7 +124,7 @@ R_MATRIX_SCHEMA = pa.schema(
 RUNS_SCHEMA = pa.schema(
     _RUN_COLUMNS
     + [
-        ("status", pa.string()),  # "ok" | "diverged" | "failed"
+        ("status", pa.string()),  # "ok" | "diverged" | "stopped" | "failed"
         ("acc", pa.float64()),
         ("bwt", pa.float64()),
         ("fwt", pa.float64()),
@@ -326,8 +335,15 @@ def check_writable(output_dir: str | os.PathLike[str]) -> None:
         raise ConfigError("output", f"cannot write results to {os.fspath(output_dir)!r}: {e}") from None
 
 
-def _write_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
-    """Write ``table`` to a hidden temporary file next to ``path``, then rename it."""
+def _write_atomic(
+    fs: pafs.FileSystem, path: str, table: pa.Table, mtime_ns: int | None = None
+) -> None:
+    """Write ``table`` to a hidden temporary file next to ``path``, then rename it.
+
+    ``mtime_ns`` (local files only) back-dates the file: :func:`compact` gives a merged
+    file the time of the newest file it merges, so that a copy of a run written while
+    it ran stays the newer one.
+    """
     parent, name = path.rsplit("/", 1)
     fs.create_dir(parent, recursive=True)
     tmp = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
@@ -337,6 +353,8 @@ def _write_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
                 pq.write_table(table, f, compression="zstd")
                 f.flush()
                 os.fsync(f.fileno())
+            if mtime_ns is not None:
+                os.utime(tmp, ns=(mtime_ns, mtime_ns))
             os.replace(tmp, path)
         else:
             with fs.open_output_stream(tmp) as sink:
@@ -408,17 +426,30 @@ def write_run(output_dir: str | os.PathLike[str], meta: RunMeta, result: RunResu
 
 
 # -- reading ------------------------------------------------------------------------------
-def _data_files(fs: pafs.FileSystem, base: str) -> list[str]:
-    """The Parquet files under ``base`` (hidden and ``_`` names skipped), sorted."""
+_COMPACTED = "compact-"  # name prefix of the files :func:`compact` writes
+
+
+def _data_files(fs: pafs.FileSystem, base: str) -> list[pafs.FileInfo]:
+    """The Parquet files under ``base`` (hidden and ``_`` names skipped), sorted by path."""
     selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
-    paths = [
-        info.path
+    infos = [
+        info
         for info in fs.get_file_info(selector)
         if info.type == pafs.FileType.File
         and info.base_name.endswith(".parquet")
         and not info.base_name.startswith((".", "_"))
     ]
-    return sorted(paths)
+    return sorted(infos, key=lambda info: info.path)
+
+
+def _age_ranks(infos: Sequence[pafs.FileInfo]) -> np.ndarray:
+    """Each file's rank from oldest to newest: by modification time, then a file of one
+    run or batch before a merged one (ties: the same rows, or a run written again right
+    after a compaction), then by path."""
+    keys = [(i.mtime_ns or 0, not i.base_name.startswith(_COMPACTED), i.path) for i in infos]
+    ranks = np.empty(len(infos), dtype=np.int64)
+    ranks[sorted(range(len(infos)), key=keys.__getitem__)] = np.arange(len(infos))
+    return ranks
 
 
 def _experiment_of(path: str, base: str) -> str:
@@ -441,29 +472,59 @@ def _schema_problems(actual: pa.Schema, expected: pa.Schema) -> list[str]:
     return problems
 
 
+class _Vanished(Exception):
+    """A listed file was gone when it was opened (a compaction removed it meanwhile)."""
+
+
+def _open_checked(fs: pafs.FileSystem, path: str, base: str, schema: pa.Schema) -> Any:
+    """The open file and its ParquetFile, after checking its schema; the caller closes."""
+    expected = _without_partition(schema)
+    try:
+        f = fs.open_input_file(path)
+    except FileNotFoundError:
+        raise _Vanished(path) from None
+    except (OSError, pa.ArrowException) as e:
+        raise ResultsError(path, f"cannot read Parquet file: {e}") from None
+    try:
+        pf = pq.ParquetFile(f)
+        problems = _schema_problems(pf.schema_arrow, expected)
+    except (OSError, pa.ArrowException) as e:
+        f.close()
+        raise ResultsError(path, f"cannot read Parquet file: {e}") from None
+    if problems:
+        f.close()
+        raise ResultsError(path, f"not an llray {base.rsplit('/', 1)[-1]} file: " + "; ".join(problems))
+    return f, pf
+
+
 def _read_file(
     fs: pafs.FileSystem, path: str, base: str, schema: pa.Schema, columns: list[str]
 ) -> pa.Table:
     """One file's ``columns`` (the partition column added), after checking its schema."""
     experiment = _experiment_of(path, base)
     expected = _without_partition(schema)
+    file_columns = [c for c in columns if c != PARTITION]
+    f, pf = _open_checked(fs, path, base, schema)
     try:
-        with fs.open_input_file(path) as f:
-            pf = pq.ParquetFile(f)
-            problems = _schema_problems(pf.schema_arrow, expected)
-            if problems:
-                raise ResultsError(
-                    path, f"not an llray {base.rsplit('/', 1)[-1]} file: " + "; ".join(problems)
-                )
-            file_columns = [c for c in columns if c != PARTITION]
-            table = pf.read(columns=file_columns, use_threads=False)
+        table = pf.read(columns=file_columns, use_threads=False)
     except (OSError, pa.ArrowException) as e:
         raise ResultsError(path, f"cannot read Parquet file: {e}") from None
+    finally:
+        f.close()
     table = table.cast(pa.schema([expected.field(c) for c in file_columns]))
     if PARTITION in columns:
         part = _repeat(experiment, pa.string(), table.num_rows)
         table = table.add_column(columns.index(PARTITION), schema.field(PARTITION), part)
     return table
+
+
+def _columns(dataset: str, columns: Sequence[str] | None) -> list[str]:
+    schema = _DATASETS[dataset]
+    columns = list(schema.names if columns is None else columns)
+    unknown = [c for c in columns if c not in schema.names]
+    if unknown:
+        raise ValueError(f"unknown {dataset} columns {unknown}; allowed: {schema.names}")
+    return columns
 
 
 def _read_dataset(
@@ -473,25 +534,45 @@ def _read_dataset(
     experiment: str | None,
     must_exist: bool = True,
 ) -> pa.Table:
-    """All files of ``OUTPUT/<dataset>`` as one table (optionally one experiment's)."""
-    schema = _DATASETS[dataset]
-    columns = list(schema.names if columns is None else columns)
-    unknown = [c for c in columns if c not in schema.names]
-    if unknown:
-        raise ValueError(f"unknown {dataset} columns {unknown}; allowed: {schema.names}")
+    """All files of ``OUTPUT/<dataset>`` as one table (optionally one experiment's).
+
+    A run stored in several files is read once, from its newest copy (:func:`_newest`).
+    A file that a compaction removes between listing and reading makes the listing
+    start again: the merged file holds its rows.
+    """
+    columns = _columns(dataset, columns)
     fs, root = _filesystem(output_dir)
     if must_exist and fs.get_file_info(root).type == pafs.FileType.NotFound:
         raise ResultsError("output", f"results directory {os.fspath(output_dir)!r} does not exist")
     base = f"{root}/{dataset}"
-    paths = _data_files(fs, base)
-    if experiment is not None:
-        paths = [p for p in paths if _experiment_of(p, base) == experiment]
-    tables = _map(lambda p: _read_file(fs, p, base, schema, columns), paths)
-    target = pa.schema([schema.field(c) for c in columns])
-    return pa.concat_tables(tables) if tables else target.empty_table()
+    for attempt in range(5):
+        infos = _data_files(fs, base)
+        if experiment is not None:
+            infos = [i for i in infos if _experiment_of(i.path, base) == experiment]
+        try:
+            return _read_newest(fs, base, dataset, columns, infos)
+        except _Vanished as e:
+            if attempt == 4:
+                raise ResultsError(str(e), "removed while it was being read, five times") from None
+    raise AssertionError("unreachable")
 
 
-def _map(fn: Any, items: list[str]) -> list[pa.Table]:
+def _read_newest(fs: pafs.FileSystem, base: str, dataset: str, columns: list[str],
+                 infos: list[pafs.FileInfo]) -> pa.Table:
+    schema = _DATASETS[dataset]
+    keys = ["run_id"] + (["finished_at"] if dataset == "runs" else [])
+    read = columns + [k for k in keys if k not in columns]
+    tables = _map(lambda i: _read_file(fs, i.path, base, schema, read), infos)
+    if not tables:
+        return pa.schema([schema.field(c) for c in columns]).empty_table()
+    table = pa.concat_tables(tables)
+    keep = _newest(table, [t.num_rows for t in tables], _age_ranks(infos))
+    if keep is not None:
+        table = table.filter(pa.array(keep))
+    return table.select(columns)
+
+
+def _map(fn: Any, items: Sequence[Any]) -> list[Any]:
     """``fn`` over ``items`` in threads (Parquet reads release the GIL), order kept."""
     if len(items) <= 1:
         return [fn(p) for p in items]
@@ -499,23 +580,36 @@ def _map(fn: Any, items: list[str]) -> list[pa.Table]:
         return list(pool.map(fn, items))
 
 
-def _dedupe_runs(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per run id (the latest ``finished_at``) where a run was written twice."""
-    if "run_id" not in df or not df["run_id"].duplicated().any():
-        return df
-    order = df.sort_values("finished_at", kind="stable", na_position="first") \
-        if "finished_at" in df else df
-    keep = order.drop_duplicates("run_id", keep="last").index
-    return df.loc[df.index.isin(keep)].reset_index(drop=True)
+def _newest(table: pa.Table, file_rows: Sequence[int], ranks: np.ndarray) -> np.ndarray | None:
+    """Rows to keep so that each run comes from one file: the one with its newest copy.
 
-
-def _dedupe_entries(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per ``(run_id, step, eval_pos)`` where a run was written twice."""
-    key = ["run_id", "step", "eval_pos"]
-    if not set(key) <= set(df.columns):
-        return df
-    dup = df.duplicated(key, keep="first")
-    return df.loc[~dup].reset_index(drop=True) if dup.any() else df
+    ``table`` is files concatenated (``file_rows`` rows each, age ``ranks``); a run whose
+    rows are in several files keeps those of the file with the latest ``finished_at``
+    for it (``runs`` only), then the newest file (:func:`_age_ranks`). None when every
+    run is in one file already (nothing to drop). In ``runs`` one row per run remains.
+    """
+    if len(file_rows) < 2 or table.num_rows == 0:
+        return None
+    ids = pc.dictionary_encode(table["run_id"]).combine_chunks()
+    codes = ids.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    n_runs = len(ids.dictionary)
+    file_of = np.repeat(np.arange(len(file_rows)), file_rows)
+    starts = np.ones(len(codes), dtype=bool)  # first row of a run's stretch in a file
+    starts[1:] = (codes[1:] != codes[:-1]) | (file_of[1:] != file_of[:-1])
+    if not (np.bincount(codes[starts], minlength=n_runs) > 1).any():
+        return None
+    row_rank = ranks[file_of]
+    if "finished_at" in table.column_names:  # runs: one row per copy
+        fin = table["finished_at"].cast(pa.int64()).fill_null(np.iinfo(np.int64).min)
+        order = np.lexsort((row_rank, fin.to_numpy(), codes))  # per run, newest last
+        last = np.ones(len(order), dtype=bool)
+        last[:-1] = codes[order][1:] != codes[order][:-1]
+        keep = np.zeros(len(codes), dtype=bool)
+        keep[order[last]] = True
+        return keep
+    best = np.full(n_runs, -1, dtype=np.int64)
+    np.maximum.at(best, codes, row_rank)
+    return row_rank == best[codes]
 
 
 def load_runs(
@@ -539,7 +633,7 @@ def load_runs(
         >>> load_runs(tempfile.mkdtemp()).columns[:3].tolist()
         ['run_id', 'experiment', 'strategy']
     """
-    return _dedupe_runs(_read_dataset(output_dir, "runs", columns, experiment).to_pandas())
+    return _read_dataset(output_dir, "runs", columns, experiment).to_pandas()
 
 
 def load_r_matrix(
@@ -557,8 +651,7 @@ def load_r_matrix(
         >>> load_r_matrix(tempfile.mkdtemp(), columns=["run_id", "accuracy"]).shape
         (0, 2)
     """
-    table = _read_dataset(output_dir, "r_matrix", columns, experiment)
-    return _dedupe_entries(table.to_pandas())
+    return _read_dataset(output_dir, "r_matrix", columns, experiment).to_pandas()
 
 
 def load(output_dir: str | os.PathLike[str], experiment: str | None = None) -> Results:
@@ -593,6 +686,235 @@ def finished_run_ids(output_dir: str | os.PathLike[str]) -> set[str]:
     """
     table = _read_dataset(output_dir, "runs", ["run_id"], None, must_exist=False)
     return set(table.column("run_id").to_pylist())
+
+
+# -- compaction ---------------------------------------------------------------------------
+#: Rows per file :func:`compact` aims for (the last file of a partition may hold fewer).
+COMPACT_MAX_ROWS = 1_000_000
+
+
+@dataclass(frozen=True)
+class CompactStats:
+    """What :func:`compact` did: files of the experiments it looked at, before and after.
+
+    ``rows_written`` counts the rows of the merged files; ``copies_dropped`` the rows of
+    older copies of a run (a run written twice) that were left out of them.
+    """
+
+    experiments: tuple[str, ...]
+    files_before: int
+    files_after: int
+    files_written: int
+    files_removed: int
+    rows_written: int
+    copies_dropped: int
+    seconds: float
+
+    def __str__(self) -> str:
+        where = f"{len(self.experiments)} experiment{'s' * (len(self.experiments) != 1)}"
+        if not self.files_written:
+            return f"nothing to compact: {self.files_before:,} files in {where}"
+        return (f"compacted {where}: {self.files_before:,} -> {self.files_after:,} files, "
+                f"{self.rows_written:,} rows in {self.files_written:,} new files, "
+                f"{self.copies_dropped:,} rows of older copies dropped, {self.seconds:.2f} s")
+
+
+@dataclass
+class _Part:
+    """One file of a partition as compaction sees it."""
+
+    info: pafs.FileInfo
+    rank: int
+    rows: int
+    run_ids: set[str]
+    table: pa.Table | None  # read whole when it is a candidate for merging
+
+
+def compact(
+    output_dir: str | os.PathLike[str],
+    experiment: str | None = None,
+    max_rows: int = COMPACT_MAX_ROWS,
+) -> CompactStats:
+    """Merge the many small files of each experiment into a few files of ``max_rows`` rows.
+
+    Per experiment and dataset (``r_matrix/``, ``runs/``), the files with fewer than
+    ``max_rows // 2`` rows, and any file holding a run that another file holds too, are
+    merged into ``compact-<random>.parquet`` files of about ``max_rows`` rows (whole
+    runs, sorted by run id; a run in several files keeps its newest copy, as
+    :func:`load` does). Each new file is written under a temporary name and renamed into
+    place before the files it replaces are removed, so at every moment a reader finds
+    every run (and a crash in between leaves copies that :func:`load` reads once and the
+    next compaction merges). A source file changed since it was read is left in place.
+    Running it again finds nothing to merge and changes nothing.
+
+    Args:
+        output_dir: results directory (local path or ``pyarrow.fs`` URI).
+        experiment: only this experiment (default: all).
+        max_rows: rows per merged file (about a million: few files, and one file's rows
+            fit in memory comfortably).
+
+    Raises:
+        ResultsError: the directory does not exist, or a file is not an llray file
+            (named). An experiment is read whole before anything of it is written, so
+            nothing of the experiment with the bad file changes (experiments before it
+            in name order are compacted already, a valid store).
+        ConfigError: ``experiment`` is not in the results; ``max_rows`` < 1.
+
+    Example:
+        >>> import numpy as np, tempfile
+        >>> from llray.learner import RunResult
+        >>> res = RunResult(np.zeros((2, 1)), (0,), "ok", np.array([5]), 0.0, 0.0, 0)
+        >>> out = tempfile.mkdtemp()
+        >>> for s in range(3):
+        ...     write_run(out, RunMeta(f"r{s}", "x", "naive", "d", "domain", s, (0,)), res)
+        >>> stats = compact(out)
+        >>> stats.files_before, stats.files_after, sorted(load(out).runs.run_id)
+        (6, 2, ['r0', 'r1', 'r2'])
+        >>> compact(out).files_written
+        0
+    """
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+        raise ConfigError("max_rows", f"must be an integer >= 1, got {max_rows!r}")
+    t0 = time.perf_counter()
+    fs, root = _filesystem(output_dir)
+    if fs.get_file_info(root).type == pafs.FileType.NotFound:
+        raise ResultsError("output", f"results directory {os.fspath(output_dir)!r} does not exist")
+    listed: dict[tuple[str, str], list[pafs.FileInfo]] = {}
+    for dataset in _DATASETS:
+        base = f"{root}/{dataset}"
+        for info in _data_files(fs, base):
+            listed.setdefault((dataset, _experiment_of(info.path, base)), []).append(info)
+    names = sorted({exp for _, exp in listed})
+    if experiment is not None and experiment not in names:
+        raise ConfigError("experiment", f"{experiment!r} is not in the results; experiments "
+                                        f"there: {', '.join(names) or 'none'}")
+    chosen = names if experiment is None else [experiment]
+    totals = [0] * 6  # files before, after, written, removed; rows written, dropped
+    for exp in chosen:  # read both datasets of an experiment, then write (r_matrix first)
+        plans = [_plan(fs, f"{root}/{ds}", ds, listed.get((ds, exp), []), max_rows)
+                 for ds in _DATASETS]
+        for plan in plans:
+            totals = [a + b for a, b in zip(totals, _apply(fs, plan))]
+    return CompactStats(tuple(chosen), *totals, seconds=time.perf_counter() - t0)
+
+
+@dataclass
+class _Plan:
+    """What compacting one partition will do: the merged rows and the files they replace."""
+
+    files: int
+    chunks: list[pa.Table] = field(default_factory=list)
+    merge: list[_Part] = field(default_factory=list)
+    dropped: int = 0
+
+
+def _plan(
+    fs: pafs.FileSystem, base: str, dataset: str, infos: list[pafs.FileInfo], max_rows: int
+) -> _Plan:
+    """Read one partition and decide (nothing written): which files merge into which."""
+    n = len(infos)
+    if n < 2:
+        return _Plan(n)
+    schema = _DATASETS[dataset]
+    ranks = _age_ranks(infos)
+    parts = _map(lambda k: _scan(fs, base, schema, infos[k], int(ranks[k]), max_rows // 2),
+                 range(n))
+    seen: dict[str, int] = {}
+    for p in parts:
+        for run_id in p.run_ids:
+            seen[run_id] = seen.get(run_id, 0) + 1
+    merge = [p for p in parts if p.table is not None or any(seen[r] > 1 for r in p.run_ids)]
+    if len(merge) < 2:
+        return _Plan(n)
+    for p in merge:
+        if p.table is None:  # a large file holding a run that is elsewhere too
+            p.table = _read_file(fs, p.info.path, base, schema, _without_partition(schema).names)
+    table = pa.concat_tables([p.table for p in merge])
+    keep = _newest(table, [p.table.num_rows for p in merge], np.array([p.rank for p in merge]))
+    if keep is not None:
+        table = table.filter(pa.array(keep))
+    table = table.take(pc.sort_indices(table, sort_keys=[("run_id", "ascending")]))  # stable
+    dropped = sum(p.table.num_rows for p in merge) - table.num_rows
+    return _Plan(n, _chunks(table, max_rows), merge, dropped)
+
+
+def _apply(fs: pafs.FileSystem, plan: _Plan) -> list[int]:
+    """Write a plan's merged files, then remove the files they replace.
+
+    Returns ``[files before, after, written, removed, rows written, rows dropped]``.
+    """
+    if not plan.chunks:
+        return [plan.files, plan.files, 0, 0, 0, 0]
+    mtime = max((p.info.mtime_ns or 0) for p in plan.merge) or None
+    folder = plan.merge[0].info.path.rsplit("/", 1)[0]
+    for chunk in plan.chunks:
+        _write_atomic(fs, f"{folder}/{_COMPACTED}{uuid.uuid4().hex[:16]}.parquet", chunk, mtime)
+    _sync_dir(fs, folder)
+    removed = sum(_remove_unchanged(fs, p.info) for p in plan.merge)
+    written = len(plan.chunks)
+    rows = sum(c.num_rows for c in plan.chunks)
+    return [plan.files, plan.files + written - removed, written, removed, rows, plan.dropped]
+
+
+def _scan(fs: pafs.FileSystem, base: str, schema: pa.Schema, info: pafs.FileInfo, rank: int,
+          small: int) -> _Part:
+    """Open a file once: a small one is read whole, a large one for its run ids only."""
+    f, pf = _open_checked(fs, info.path, base, schema)
+    try:
+        rows = pf.metadata.num_rows
+        columns = _without_partition(schema).names if rows < small else ["run_id"]
+        table = pf.read(columns=columns, use_threads=False)
+    except (OSError, pa.ArrowException) as e:
+        raise ResultsError(info.path, f"cannot read Parquet file: {e}") from None
+    finally:
+        f.close()
+    run_ids = set(pc.unique(table["run_id"]).to_pylist())
+    if rows >= small:
+        return _Part(info, rank, rows, run_ids, None)
+    return _Part(info, rank, rows, run_ids, table.cast(_without_partition(schema)))
+
+
+def _chunks(table: pa.Table, max_rows: int) -> list[pa.Table]:
+    """``table`` (sorted by run id) in ``ceil(rows / max_rows)`` nearly equal slices, each
+    cut at the run boundary nearest to an equal split (so about ``max_rows`` rows)."""
+    k = -(-table.num_rows // max_rows)
+    if k <= 1:
+        return [table]
+    ids = table["run_id"].combine_chunks()
+    starts = np.flatnonzero(pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)) + 1
+    if len(starts) == 0:  # one run larger than max_rows
+        return [table]
+    targets = np.arange(1, k) * table.num_rows / k
+    after = np.minimum(np.searchsorted(starts, targets), len(starts) - 1)
+    before = np.maximum(after - 1, 0)
+    nearer = np.abs(starts[before] - targets) <= np.abs(starts[after] - targets)
+    cuts = np.unique(np.where(nearer, starts[before], starts[after]))
+    edges = [0, *cuts.tolist(), table.num_rows]
+    return [table.slice(a, b - a) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def _sync_dir(fs: pafs.FileSystem, folder: str) -> None:
+    """Make the renames into ``folder`` durable before the merged files are removed."""
+    if isinstance(fs, pafs.LocalFileSystem) and hasattr(os, "O_DIRECTORY"):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove_unchanged(fs: pafs.FileSystem, info: pafs.FileInfo) -> bool:
+    """Delete a merged file unless it changed (was written again) since it was read."""
+    now = fs.get_file_info(info.path)
+    if now.type != pafs.FileType.File:
+        return False
+    if now.mtime_ns != info.mtime_ns or now.size != info.size:
+        return False
+    try:
+        fs.delete_file(info.path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 # -- rebuilding R -------------------------------------------------------------------------
