@@ -61,7 +61,7 @@ def actor_path(spec, stream) -> float:
 def main() -> None:
     torch.set_num_threads(1)
     cfg = load_config(JOB)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     stream = make_stream(cfg.stream)
     names = sorted({s.strategy.name for s in cfg.runs()})
     print(f"quickstart stream: {stream.num_tasks} tasks, "

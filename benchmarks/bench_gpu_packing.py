@@ -37,7 +37,8 @@ def main() -> None:
     base = next(s for s in cfg.runs() if s.strategy.name == "naive")
     stream = make_stream(cfg.stream)
     cpus = os.cpu_count() or 1
-    ray.init(num_cpus=cpus, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=cpus, num_gpus=1, include_dashboard=False,
+             log_to_driver=False)
     rate: dict[int, float] = {}
     for n in PACKS:
         res = Resources(num_cpus=max(1, cpus // max(PACKS)), num_gpus=1 / n)

@@ -40,7 +40,7 @@ def main() -> None:
     cfg = load_config(JOB)
     base = next(s for s in cfg.runs() if s.strategy.name == "naive")
     stream = make_stream(cfg.stream)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              object_store_memory=512 * 2**20)
     empty = store_used()
     handle = put_stream(stream)

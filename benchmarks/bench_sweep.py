@@ -66,7 +66,7 @@ def main() -> None:
     train = replace(naive.train, epochs=EPOCHS)
     specs = [replace(naive, seed=s, train=train) for s in range(RUNS)]
     stream = make_stream(cfg.stream)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     run_sweep(specs[:2], stream, None, SweepOptions(max_in_flight=2))  # warm up Ray
     wall = {1: float("inf"), 2: float("inf")}
     rate = {1: 0.0, 2: 0.0}

@@ -136,7 +136,14 @@ class LearnerActor:
         }
 
     def learn_next(self) -> Step:
-        """Learn the next task of the order, checkpoint, return (step, R row, status)."""
+        """Learn the next task of the order, checkpoint, return (step, R row, status).
+
+        The checkpoint is on storage before the step is reported. A call after the run
+        has ended (the driver queues the next call before it sees the last result) does
+        nothing and reports the run's state.
+        """
+        if self.run.done:
+            return self.run.step, self.run.R[self.run.step], self.run.status
         row = self.run.learn_next()
         if self.store is not None and self.run.status == "ok":
             self._checkpoint()

@@ -46,6 +46,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     if address is None:
         ray.init(
+            address="local",  # a new Ray of our own, even if another runs on this machine
             num_cpus=num_cpus or os.cpu_count() or 1,
             include_dashboard=False,
             dashboard_host="127.0.0.1",

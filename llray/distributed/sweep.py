@@ -66,6 +66,9 @@ class SweepOptions:
             :func:`default_in_flight`).
         keep_checkpoints: keep a run's checkpoint after its results are written.
         reuse_actors: give a finished run's actor the next waiting run.
+        prefetch: queue a run's next task on its actor while the current one trains,
+            so the actor never waits for the driver between tasks. Then ``on_task`` for
+            step k may run while the actor already learns task k+1.
     """
 
     checkpoint: str | None = None
@@ -74,6 +77,7 @@ class SweepOptions:
     max_in_flight: int | None = None
     keep_checkpoints: bool = False
     reuse_actors: bool = True
+    prefetch: bool = True
 
 
 @dataclass
@@ -122,6 +126,8 @@ class _Run:
     spec: RunSpec
     attempts: list[Attempt] = field(default_factory=list)
     actor: Any = None
+    calls: list[ray.ObjectRef] = field(default_factory=list)  # submitted, not yet handled
+    next_step: int = 0  # the step the next learn_next call will reach
 
 
 def meta_for(spec: RunSpec, started_at: Any, finished_at: Any, stream: TaskStream) -> RunMeta:
@@ -191,6 +197,7 @@ class _Sweep:
         self.store = CheckpointStore(resolve(options.checkpoint)) if options.checkpoint else None
         self.handle: StreamHandle | None = None
         self.active: dict[ray.ObjectRef, tuple[_Run, str]] = {}  # call -> run, kind
+        self.running: set[int] = set()  # id() of the runs in flight
         self.finished: list[Finished] = []
 
     def run(self) -> list[Finished]:
@@ -198,10 +205,11 @@ class _Sweep:
         limit = self.opt.max_in_flight or default_in_flight(self.pending[0].spec)
         try:
             while self.pending or self.active:
-                while self.pending and len(self.active) < limit:
+                while self.pending and len(self.running) < limit:
                     self._launch(self.pending.popleft(), actor=None)
                 [ref], _ = ray.wait(list(self.active), num_returns=1)
                 r, kind = self.active.pop(ref)
+                r.calls.remove(ref)
                 try:
                     self._handle(ref, r, kind)
                 except BaseException:  # a callback raised, or Ctrl-C: stop this one too
@@ -213,6 +221,16 @@ class _Sweep:
             self.active.clear()
         return self.finished
 
+    def _call(self, r: _Run, kind: str, ref: ray.ObjectRef) -> None:
+        r.calls.append(ref)
+        self.active[ref] = (r, kind)
+
+    def _drop_calls(self, r: _Run) -> None:
+        """Forget ``r``'s outstanding calls (a dead actor's, or no-ops after the end)."""
+        for ref in r.calls:
+            self.active.pop(ref, None)
+        r.calls.clear()
+
     def _new_actor(self) -> Any:
         res = self.resources
         return LearnerActor.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus).remote(
@@ -220,10 +238,18 @@ class _Sweep:
 
     def _launch(self, r: _Run, actor: Any) -> None:
         """Load ``r`` on ``actor`` (a new one if None); a retried run resumes."""
+        self.running.add(id(r))
         resume = self.opt.resume or bool(r.attempts)
         r.attempts.append(Attempt())
         r.actor = actor if actor is not None else self._new_actor()
-        self.active[r.actor.load.remote(r.spec, resume)] = (r, "load")
+        self._call(r, "load", r.actor.load.remote(r.spec, resume))
+
+    def _feed(self, r: _Run) -> None:
+        """Keep one learn_next call running (and, with prefetch, one queued) on r's actor."""
+        depth = 2 if self.opt.prefetch else 1
+        while r.next_step < len(r.spec.order) and len(r.calls) < depth:
+            self._call(r, "learn", r.actor.learn_next.remote())
+            r.next_step += 1
 
     def _handle(self, ref: ray.ObjectRef, r: _Run, kind: str) -> None:
         """One call of ``r``'s actor returned (or its actor died): take the next step."""
@@ -244,6 +270,7 @@ class _Sweep:
             (step, row, status), info = out
             attempt.node_id, attempt.device = info["node_id"], info["device"]
             attempt.resumed_from, attempt.info = info["resumed_from"], info
+            r.next_step = step
         else:
             step, row, status = out
             if status == "ok":
@@ -252,11 +279,13 @@ class _Sweep:
                     self.on_task(TaskEvent(r.spec, step, row, len(r.attempts) - 1,
                                            attempt.node_id, r.actor))
         if status == "ok" and step < len(r.spec.order):
-            self.active[r.actor.learn_next.remote()] = (r, "learn")
+            self._feed(r)
         else:
-            self.active[r.actor.result.remote()] = (r, "result")
+            self._drop_calls(r)  # a queued call after a divergence is a no-op
+            self._call(r, "result", r.actor.result.remote())
 
     def _restart(self, r: _Run) -> None:
+        self._drop_calls(r)
         _kill(r.actor, r.attempts[-1])
         if len(r.attempts) > self.opt.max_retries:
             return self._fail(r)
@@ -265,6 +294,7 @@ class _Sweep:
     def _complete(self, r: _Run, result: RunResult, started_at: datetime,
                   finished_at: datetime) -> None:
         r.attempts[-1].ended = time.time()
+        self.running.discard(id(r))
         actor, r.actor = r.actor, None
         if self.pending and self.opt.reuse_actors:
             self._launch(self.pending.popleft(), actor)  # the next run, same actor
@@ -276,6 +306,8 @@ class _Sweep:
 
     def _fail(self, r: _Run) -> None:
         """Record a run that cannot finish: status "failed", R all NaN, the last error."""
+        self._drop_calls(r)
+        self.running.discard(id(r))
         _kill(r.actor, r.attempts[-1])
         T = len(r.spec.order)
         now = utc_now()
