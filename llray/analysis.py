@@ -15,8 +15,10 @@ Python loop over runs:
 
 These are the formulas of :mod:`llray.metrics` (divided by T−1 as in the GEM paper);
 the tests check that both give the same numbers on the same R. A run whose R holds NaN
-(it diverged, or failed) gets NaN metrics; :func:`summarize` leaves those out of the
-means and counts them.
+(it diverged, failed, or a tuning scheduler stopped it early) gets NaN for every metric
+that needs the missing rows. :func:`summarize` leaves runs whose status is not ``ok``
+out of the means (a stopped run's FWT may be defined, but it is not a finished run),
+counts those with a NaN metric in ``n_nan`` and the stopped ones in ``n_stopped``.
 
 Example:
     >>> per_run = run_metrics("results/quickstart")                 # doctest: +SKIP
@@ -146,11 +148,33 @@ def _query(sql: str, files: Sequence[str], runs: Sequence[str] = (),
     try:
         return con.sql(sql, params=params).to_arrow_table().to_pandas()
     except duckdb.Error as e:
+        _check_present([*files, *runs])
         check_files(files, "r_matrix")
         check_files(runs, "runs")
         raise ConfigError("output", f"cannot read the results: {e}") from None
     finally:
         con.close()
+
+
+class _Vanished(Exception):
+    """A listed file is gone: ``llray compact`` merged it meanwhile; list again."""
+
+
+def _check_present(files: Sequence[str]) -> None:
+    gone = [f for f in files if "://" not in f and not os.path.exists(f)]
+    if gone:
+        raise _Vanished(gone[0])
+
+
+def _relisting(fn: Any) -> Any:
+    """``fn()``, listed and read again (up to 5 times) when a listed file disappeared."""
+    for attempt in range(5):
+        try:
+            return fn()
+        except _Vanished as e:
+            if attempt == 4:
+                raise ConfigError(str(e), "removed while it was being read, five times") from None
+    raise AssertionError("unreachable")
 
 
 # -- per-run metrics -------------------------------------------------------------------------
@@ -260,6 +284,16 @@ def run_metrics(
     metrics = list(metrics)
     metrics_sql("t", metrics)  # checks the names
     engine = _engine(engine, output)
+    df = _relisting(lambda: _metrics(output, metrics, engine, experiment, threads))
+    df = df.sort_values("run_id", ignore_index=True)
+    params = [p for p in params if p not in df.columns]
+    if params:
+        df = add_params(df, params, _configs(output, df["run_id"]))
+    return df
+
+
+def _metrics(output: str | Path, metrics: list[str], engine: str, experiment: str | None,
+             threads: int | None) -> pd.DataFrame:
     if engine == "duckdb":
         files = parquet_files(output, "r_matrix")
         runs = parquet_files(output, "runs")
@@ -267,14 +301,8 @@ def run_metrics(
             files, runs = _only(files, experiment), _only(runs, experiment)
             if not files:
                 raise ConfigError("experiment", _absent(experiment, parquet_files(output)))
-        df = _duckdb_metrics(files, runs, metrics, threads)
-    else:
-        df = _pandas_metrics(output, metrics, experiment)
-    df = df.sort_values("run_id", ignore_index=True)
-    params = [p for p in params if p not in df.columns]
-    if params:
-        df = add_params(df, params, _configs(output, df["run_id"]))
-    return df
+        return _duckdb_metrics(files, runs, metrics, threads)
+    return _pandas_metrics(output, metrics, experiment)
 
 
 def _only(files: Sequence[str], experiment: str) -> list[str]:
@@ -341,15 +369,23 @@ def _read_r(output: str | Path, experiment: str | None) -> tuple[Any, Any]:
         files = _only(files, experiment)
         if not files:
             raise ConfigError("experiment", _absent(experiment, parquet_files(output)))
-    check_files(files, "r_matrix")
+    try:
+        check_files(files, "r_matrix")
+    except ConfigError:
+        _check_present(files)
+        raise
     hive = ds.partitioning(pa.schema([("experiment", pa.string())]), flavor="hive")
     options = ds.ParquetReadOptions(dictionary_columns=["run_id"])  # no string per row
     fmt = ds.ParquetFileFormat(read_options=options)
-    dataset = ds.dataset(files, format=fmt, partitioning=hive,
-                         partition_base_dir=str(Path(output) / "r_matrix"))
-    cells = dataset.to_table(columns=["run_id", "step", "eval_task", "eval_pos", "accuracy"])
-    first = (pc.field("step") == 0) & (pc.field("eval_pos") == 1)
-    return cells, dataset.to_table(columns=["run_id", *_META], filter=first)
+    try:
+        dataset = ds.dataset(files, format=fmt, partitioning=hive,
+                             partition_base_dir=str(Path(output) / "r_matrix"))
+        cells = dataset.to_table(columns=["run_id", "step", "eval_task", "eval_pos", "accuracy"])
+        first = (pc.field("step") == 0) & (pc.field("eval_pos") == 1)
+        return cells, dataset.to_table(columns=["run_id", *_META], filter=first)
+    except OSError:
+        _check_present(files)
+        raise
 
 
 def _pandas_metrics(output: str | Path, metrics: Sequence[str],
@@ -528,12 +564,15 @@ def summarize(
 
     Each run is one sample: grouped by ``strategy`` the interval is over that
     strategy's seeds (and orders, if the sweep had several; add ``order`` to ``by`` to
-    keep them apart). Runs with a NaN metric (diverged or failed) are left out of that
-    metric and counted in ``n_nan``.
+    keep them apart). With a ``status`` column, only ``ok`` runs (and runs of unknown
+    status) are averaged: a run stopped early by a tuning scheduler is counted in
+    ``n_stopped`` and left out even where a metric of it is defined; other runs with a
+    NaN metric (diverged, failed) are left out of that metric and counted in ``n_nan``.
 
     Returns:
-        One row per group: the ``by`` columns, ``n`` (runs), ``n_nan``, and per metric
-        ``M``: ``M`` (mean), ``M_std``, ``M_n``, ``M_ci_low``, ``M_ci_high``.
+        One row per group: the ``by`` columns, ``n`` (runs), ``n_nan``, ``n_stopped``,
+        and per metric ``M``: ``M`` (mean), ``M_std``, ``M_n``, ``M_ci_low``,
+        ``M_ci_high``.
 
     Example:
         >>> df = pd.DataFrame({"strategy": ["a", "a", "b"], "acc": [0.5, 0.7, 0.9]})
@@ -549,8 +588,14 @@ def summarize(
                               " (study parameters: pass params=[...] to run_metrics)")
     if not 0 < confidence < 1:
         raise ConfigError("confidence", f"must be in (0, 1), got {confidence}")
+    status = per_run["status"] if "status" in per_run.columns else pd.Series(
+        None, index=per_run.index, dtype=object)
+    finished = (status.isna() | status.isin(["ok"])).to_numpy(dtype=bool)
+    per_run = per_run.assign(**{m: per_run[m].where(finished) for m in metrics},
+                             _stopped=status.isin(["stopped"]).to_numpy(dtype="int64"))
     grouped = per_run.groupby(by, dropna=False, sort=True)
     out = grouped.size().rename("n").to_frame()
+    stopped = grouped["_stopped"].sum()
     counts = []
     for m in metrics:
         agg = grouped[m].agg(["mean", "std", "count"])
@@ -561,7 +606,9 @@ def summarize(
         out[f"{m}_ci_low"] = agg["mean"] - half
         out[f"{m}_ci_high"] = agg["mean"] + half
         counts.append(agg["count"])
-    out.insert(1, "n_nan", out["n"] - pd.concat(counts, axis=1).min(axis=1) if counts else 0)
+    counted = pd.concat(counts, axis=1).min(axis=1) if counts else out["n"] - stopped
+    out.insert(1, "n_nan", out["n"] - stopped - counted)
+    out.insert(2, "n_stopped", stopped)
     return out.reset_index()
 
 
@@ -585,34 +632,50 @@ def summary(
 
 # -- mean R per group (heatmaps, curves) ------------------------------------------------------
 def mean_r(output: str | Path, by: Sequence[str] = ("experiment", "strategy"),
-           engine: str = "auto") -> pd.DataFrame:
+           engine: str = "auto", skip_status: Sequence[str] = ("stopped",)) -> pd.DataFrame:
     """Mean accuracy per (group, T, step, eval_pos) over the group's runs, NaN left out.
 
     Columns of R are order positions (``eval_pos``), so runs with different orders
-    average as "the j-th task learned". ``n`` counts the runs with a finite value.
+    average as "the j-th task learned". ``n`` counts the runs with a finite value. Runs
+    whose status in ``runs/`` is in ``skip_status`` are left out: by default those a
+    tuning scheduler stopped early, whose first rows would otherwise be averaged over
+    more (and worse) runs than the last ones.
 
     Example:
         >>> mean_r("results/quickstart").head()                     # doctest: +SKIP
     """
     by = list(by)
-    keys = ", ".join(f'"{b}"' for b in by)
     if _engine(engine, output) == "duckdb":
-        files = parquet_files(output, "r_matrix")
-        sql = (f"WITH c AS (SELECT {keys}, step, eval_pos, accuracy, max(eval_pos) OVER "
-               f"(PARTITION BY run_id) AS num_tasks FROM {_source('files')}) "
-               f"SELECT {keys}, CAST(num_tasks AS INTEGER) AS num_tasks, step, eval_pos, "
-               f"avg(accuracy) FILTER (WHERE NOT isnan(accuracy)) AS accuracy, "
-               f"count(accuracy) FILTER (WHERE NOT isnan(accuracy)) AS n FROM c "
-               f"GROUP BY ALL ORDER BY ALL")
-        return _query(sql, files)
+        return _relisting(lambda: _mean_r_duckdb(output, by, skip_status))
     from llray import results
 
     df = results.load_r_matrix(output, columns=list(dict.fromkeys(
         ["run_id", *by, "step", "eval_pos", "accuracy"])))
+    if skip_status:
+        runs = results.load_runs(output, columns=["run_id", "status"])
+        df = df[~df["run_id"].isin(runs.loc[runs["status"].isin(skip_status), "run_id"])]
     df["num_tasks"] = df.groupby("run_id")["eval_pos"].transform("max").astype("int32")
     df = df[np.isfinite(df["accuracy"])]
     g = df.groupby([*by, "num_tasks", "step", "eval_pos"], sort=True)["accuracy"]
     return g.agg(accuracy="mean", n="count").reset_index()
+
+
+def _mean_r_duckdb(output: str | Path, by: list[str], skip_status: Sequence[str]) -> pd.DataFrame:
+    keys = ", ".join(f'"{b}"' for b in by)
+    files = parquet_files(output, "r_matrix")
+    runs = parquet_files(output, "runs") if skip_status else []
+    where = ""
+    if runs:
+        listed = ", ".join("'" + str(s).replace("'", "''") + "'" for s in skip_status)
+        where = (f"WHERE run_id NOT IN (SELECT run_id FROM {_source('runs')} "
+                 f"WHERE status IN ({listed}) AND run_id IS NOT NULL)")
+    sql = (f"WITH c AS (SELECT {keys}, step, eval_pos, accuracy, max(eval_pos) OVER "
+           f"(PARTITION BY run_id) AS num_tasks FROM {_source('files')} {where}) "
+           f"SELECT {keys}, CAST(num_tasks AS INTEGER) AS num_tasks, step, eval_pos, "
+           f"avg(accuracy) FILTER (WHERE NOT isnan(accuracy)) AS accuracy, "
+           f"count(accuracy) FILTER (WHERE NOT isnan(accuracy)) AS n FROM c "
+           f"GROUP BY ALL ORDER BY ALL")
+    return _query(sql, files, runs)
 
 
 def connect(output: str | Path, threads: int | None = None) -> Any:

@@ -2,7 +2,8 @@
 
 Per experiment:
 
-- the summary table of :mod:`llray.report` (mean ± std per strategy, naive/joint bounds);
+- the summary table of :mod:`llray.report` (mean ± std per strategy, naive/joint bounds,
+  runs per status: ok, diverged, stopped early by a tuning scheduler, failed);
 - an R heatmap per strategy: mean over its runs (seeds, orders) of R ``[T + 1, T]``,
   row 0 (random init) included, columns = the j-th task of the order;
 - accuracy of each task over time: one panel per strategy, one line per task;
@@ -11,6 +12,9 @@ Per experiment:
 - for a study (``llray tune``): each searched parameter against the objectives, and
   the parameter importances (``optuna.importance`` on the study's Optuna storage when
   there is one, else on the trials in the runs table).
+
+Runs a tuning scheduler stopped early are counted in the table and left out of every
+mean (heatmaps, curves, bars), as diverged and failed runs are.
 
 Images are PNGs drawn with matplotlib's Agg renderer (no display, no pyplot state) and
 embedded as base64 ``data:`` URIs, so the page needs no other file; ``--png DIR`` writes
@@ -109,8 +113,14 @@ def build(output: str | Path, dpi: int = 100) -> list[Section]:
     for exp, group in per_run.groupby("experiment", sort=True):
         study = bool(group["study"].notna().any())
         sec = Section(exp, study, table[table["experiment"] == exp] if len(table) else table)
-        sec.figures += _heatmaps(exp, group, mean[mean["experiment"] == exp], dpi)
-        sec.figures += _curves(exp, group, mean[mean["experiment"] == exp], dpi)
+        kept = group[~group["status"].isin(["stopped"])]  # mean_r leaves them out too
+        if len(kept) < len(group):
+            n = len(group) - len(kept)
+            sec.notes.append(f"{exp}: {n} run{'s' * (n != 1)} stopped early by the tuning "
+                             "scheduler: counted in the table, left out of every mean.")
+        if len(kept):
+            sec.figures += _heatmaps(exp, kept, mean[mean["experiment"] == exp], dpi)
+            sec.figures += _curves(exp, kept, mean[mean["experiment"] == exp], dpi)
         sec.figures += _bars(exp, group, sec.notes, dpi)
         if study:
             sec.figures += _study_figures(output, exp, group, runs, sec.notes, dpi)
@@ -267,7 +277,8 @@ def _bars(exp: str, group: pd.DataFrame, notes: list[str], dpi: int) -> list[Fig
     missing = [n for n, b in (("naive (lower bound)", "lower"), ("joint (upper bound)", "upper"))
                if b not in present]
     caption = ("ACC, BWT and FWT per strategy: mean over runs with a Student-t 95% interval "
-               "(runs that diverged are left out); dashed lines: the naive and joint bounds.")
+               "(runs that diverged, failed or were stopped early are left out); dashed lines: "
+               "the naive and joint bounds.")
     if missing:
         note = f"{exp}: no {' and no '.join(missing)} runs, so that reference line is missing."
         notes.append(note)
@@ -335,8 +346,10 @@ def _param_plot(exp: str, trials: pd.DataFrame, keys: list[str], dpi: int) -> Fi
                 ax.set_xlabel(key, fontsize=8)
             if c == 0:
                 ax.set_ylabel(m.upper(), fontsize=8)
-    caption = (f"Study {exp}: each searched parameter against ACC and BWT, one dot per trial "
-               f"({len(trials)} trials; circled: the best ACC).")
+    stopped = int(trials["status"].isin(["stopped"]).sum()) if "status" in trials else 0
+    hidden = f", {stopped} stopped early and not shown" if stopped else ""
+    caption = (f"Study {exp}: each searched parameter against ACC and BWT, one dot per "
+               f"finished trial ({len(trials)} trials{hidden}; circled: the best ACC).")
     return Figure(_slug(exp, "params"), "params", exp, caption, _png(fig, dpi))
 
 
@@ -452,11 +465,11 @@ def _table_html(table: pd.DataFrame) -> str:
             return "n/a"
         return f"{mean:.3f}" + (f" ± {std:.3f}" if np.isfinite(std) else "")
 
-    head = ["strategy", "bound", "runs", "ok", "diverged", "failed", "ACC", "BWT", "FWT",
-            "forgetting"]
+    head = ["strategy", "bound", "runs", "ok", "diverged", "stopped", "failed", "ACC", "BWT",
+            "FWT", "forgetting"]
     rows = []
     for r in table.itertuples(index=False):
-        cells = [r.strategy, r.bound, r.runs, r.ok, r.diverged, r.failed,
+        cells = [r.strategy, r.bound, r.runs, r.ok, r.diverged, r.stopped, r.failed,
                  fmt(r.acc_mean, r.acc_std), fmt(r.bwt_mean, r.bwt_std),
                  fmt(r.fwt_mean, r.fwt_std), fmt(r.forgetting_mean, r.forgetting_std)]
         rows.append("<tr>" + "".join(

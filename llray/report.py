@@ -57,7 +57,8 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
 
     ``<metric>_mean`` and ``<metric>_std`` are the mean and the sample standard
     deviation (``ddof=1``; NaN for one run) over the runs with status ``"ok"``:
-    diverged and failed runs are counted in their status column but not averaged.
+    diverged, stopped (ended early by a tuning scheduler) and failed runs are counted in
+    their status column but not averaged.
 
     Args:
         runs: the ``runs`` DataFrame of :func:`llray.results.load` (needs the key
@@ -70,11 +71,12 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     Example:
         >>> import pandas as pd
         >>> runs = pd.DataFrame({"experiment": "x", "benchmark": "b", "scenario": "task",
-        ...     "strategy": "joint", "status": ["ok", "diverged"], "acc": [0.9, None],
-        ...     "bwt": [0.0, None], "fwt": [0.1, None], "forgetting": [0.0, None],
-        ...     "config": '{"strategy": {"name": "joint"}}'})
-        >>> summary_table(runs)[["bound", "runs", "ok", "diverged"]].values.tolist()
-        [['upper', 2, 1, 1]]
+        ...     "strategy": "joint", "status": ["ok", "diverged", "stopped"],
+        ...     "acc": [0.9, None, None], "bwt": [0.0, None, None], "fwt": [0.1, None, 0.3],
+        ...     "forgetting": [0.0, None, None], "config": '{"strategy": {"name": "joint"}}'})
+        >>> t = summary_table(runs)
+        >>> t[["bound", "runs", "ok", "diverged", "stopped"]].values.tolist(), float(t.fwt_mean[0])
+        ([['upper', 3, 1, 1, 1]], 0.1)
     """
     if runs.empty:
         return pd.DataFrame(columns=COLUMNS)
@@ -139,8 +141,9 @@ def format_table(df: pd.DataFrame) -> str:
         return "  ".join(parts).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
-    note = ("mean ± sample std over seeds and orders; diverged runs are counted, not "
-            "averaged; lower/upper bound = naive/joint")
+    note = ("mean ± sample std over seeds and orders of the ok runs; diverged, stopped "
+            "(ended early by a tuning scheduler) and failed runs are counted, not averaged; "
+            "lower/upper bound = naive/joint")
     return "\n".join([line(header), rule, *(line(r) for r in rows), "", note])
 
 

@@ -493,7 +493,8 @@ def _open_checked(fs: pafs.FileSystem, path: str, base: str, schema: pa.Schema) 
         raise ResultsError(path, f"cannot read Parquet file: {e}") from None
     if problems:
         f.close()
-        raise ResultsError(path, f"not an llray {base.rsplit('/', 1)[-1]} file: " + "; ".join(problems))
+        kind = base.rsplit("/", 1)[-1]
+        raise ResultsError(path, f"not an llray {kind} file: " + "; ".join(problems))
     return f, pf
 
 

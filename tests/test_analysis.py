@@ -92,6 +92,34 @@ def test_missing_entries_give_nan_not_a_smaller_r(tmp_path):
     assert df.loc["run1", "acc"] == pytest.approx(metrics.acc(truth["run1"][0]))
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_stopped_run_is_counted_not_averaged(tmp_path, engine):
+    truth = _store(tmp_path)
+    R, order = truth["run0"]  # naive, T = 3, exp
+    R = R.copy()
+    R[3] = np.nan  # stopped after T - 1 tasks: FWT is defined, ACC and BWT are not
+    meta = RunMeta("stop", "exp", "naive", "digits", "domain", 7, order, {})
+    write_run(tmp_path, meta, _result(R, order, "stopped"))
+    per_run = analysis.run_metrics(tmp_path, engine=engine).set_index("run_id")
+    assert per_run.loc["stop", "status"] == "stopped"
+    assert np.isnan(per_run.loc["stop", "acc"])
+    assert per_run.loc["stop", "fwt"] == pytest.approx(metrics.fwt(R))  # the R says so
+    s = analysis.summarize(per_run.reset_index(), by=["experiment", "strategy"])
+    naive = s.set_index(["experiment", "strategy"]).loc[("exp", "naive")]
+    # exp/naive: run0, run2 ok; run4 diverged; stop stopped
+    assert (naive["n"], naive["n_nan"], naive["n_stopped"]) == (4, 1, 1)
+    ok = [truth[k][0] for k in ("run0", "run2")]
+    assert naive["fwt"] == pytest.approx(np.mean([metrics.fwt(x) for x in ok]))
+    assert naive["fwt_n"] == 2
+    m = analysis.mean_r(tmp_path, by=["strategy"], engine=engine)
+    cell = m[(m.strategy == "naive") & (m.num_tasks == 3) & (m.step == 1) & (m.eval_pos == 1)]
+    assert cell["n"].item() == 3  # run0, run2, run4 (diverged later); not the stopped one
+    everything = analysis.mean_r(tmp_path, by=["strategy"], engine=engine, skip_status=())
+    cell = everything[(everything.strategy == "naive") & (everything.num_tasks == 3)
+                      & (everything.step == 1) & (everything.eval_pos == 1)]
+    assert cell["n"].item() == 4
+
+
 def test_summarize_confidence_interval_by_hand():
     df = pd.DataFrame({"strategy": ["a", "a", "a", "b", "b"],
                        "acc": [0.5, 0.6, 0.9, 0.2, np.nan]})

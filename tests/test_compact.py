@@ -202,3 +202,30 @@ def test_cli(store, capsys):
     assert "compacted 2 experiments: 6 -> 4 files" in capsys.readouterr().out
     assert main(["compact", str(out)]) == 0
     assert capsys.readouterr().out.startswith("nothing to compact: 4 files")
+
+
+def test_readers_list_again_when_a_compaction_removes_their_files(store, monkeypatch):
+    out, _ = store
+    before = load(out)
+    expected = {e: analysis.run_metrics(out, engine=e) for e in ("duckdb", "pandas")}
+    fs, root = results._filesystem(out)
+    stale = {d: results._data_files(fs, f"{root}/{d}") for d in ("r_matrix", "runs")}
+    stale_paths = {d: analysis.parquet_files(out, d) for d in ("r_matrix", "runs")}
+    compact(out)  # every listed file is gone now
+    real, calls = results._data_files, []
+
+    def listed_before_compaction(fs, base):
+        calls.append(base)
+        return stale.pop(base.rsplit("/", 1)[1], None) or real(fs, base)
+
+    monkeypatch.setattr(results, "_data_files", listed_before_compaction)
+    assert_same_load(before, load(out))
+    assert len(calls) == 4  # each dataset listed, read in vain, listed again
+    real_files = analysis.parquet_files
+    for engine in ("duckdb", "pandas"):
+        pending = dict(stale_paths)
+        monkeypatch.setattr(analysis, "parquet_files", lambda output, dataset="r_matrix":
+                            pending.pop(dataset, None) or real_files(output, dataset))
+        got = analysis.run_metrics(out, engine=engine)
+        assert not pending.get("r_matrix")  # the stale listing was used first
+        pd.testing.assert_frame_equal(got, expected[engine], check_exact=False, atol=1e-12)

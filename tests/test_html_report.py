@@ -16,16 +16,20 @@ from llray.results import RunMeta, write_run
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _write(out, run_id, experiment, strategy, seed, order, config, rng):
+def _write(out, run_id, experiment, strategy, seed, order, config, rng, stop_after=None):
     T = len(order)
     R = rng.random((T + 1, T))
+    status = "ok"
+    if stop_after is not None:  # a trial a scheduler stopped: NaN rows after its last task
+        R[stop_after + 1:], status = np.nan, "stopped"
     write_run(out, RunMeta(run_id, experiment, strategy, "digits", "domain", seed, order, config),
-              RunResult(R, tuple(order), "ok", np.full(T, 10), 1.0, 1.0, 10))
+              RunResult(R, tuple(order), status, np.full(T, 10), 1.0, 1.0, 10))
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """Experiment 'sweep': naive, ewc, joint x 2 seeds; study 'lam': 4 ewc trials."""
+    """Experiment 'sweep': naive, ewc, joint x 2 seeds; study 'lam': 4 ewc trials and one
+    that the scheduler stopped after 2 of 3 tasks."""
     out = tmp_path_factory.mktemp("results")
     rng = np.random.default_rng(0)
     for strategy in ("naive", "ewc", "joint"):
@@ -37,6 +41,9 @@ def store(tmp_path_factory):
         cfg = {"strategy": {"name": "ewc", "label": "ewc", "lambda_": lam},
                "tuning": {"study": "lam", "params": {"ewc.lambda_": lam, "order": list(order)}}}
         _write(out, f"trial{i}", "lam", "ewc", 0, order, cfg, rng)
+    cfg = {"strategy": {"name": "ewc", "label": "ewc", "lambda_": 1e3},
+           "tuning": {"study": "lam", "params": {"ewc.lambda_": 1e3, "order": [0, 1, 2]}}}
+    _write(out, "trial4", "lam", "ewc", 0, (0, 1, 2), cfg, rng, stop_after=2)
     return out
 
 
@@ -100,6 +107,24 @@ def test_captions_and_bounds(page):
     lam = next(s for s in sections if s.experiment == "lam")
     assert any("no naive" in n for n in lam.notes)
     assert "<table>" in text and "study lam" in text
+
+
+def test_stopped_trial_is_counted_in_the_table_and_left_out_of_the_means(page, store):
+    from llray import analysis
+
+    sections, text = page
+    lam = next(s for s in sections if s.experiment == "lam")
+    row = lam.table.iloc[0]
+    assert (row["runs"], row["ok"], row["stopped"]) == (5, 4, 1)
+    assert any("1 run stopped early" in n for n in lam.notes)
+    heat = next(f for f in lam.figures if f.kind == "heatmap")
+    assert "mean over 4 runs" in heat.caption
+    params = next(f for f in lam.figures if f.kind == "params")
+    assert "5 trials, 1 stopped early and not shown" in params.caption
+    assert "<th>stopped</th>" in text
+    mean = analysis.mean_r(store, by=["experiment"])
+    first = mean[(mean.experiment == "lam") & (mean.step == 1) & (mean.eval_pos == 1)]
+    assert first["n"].item() == 4
 
 
 def test_importances_from_trials_rank_a_parameter_that_matters():

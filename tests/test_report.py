@@ -79,6 +79,20 @@ def test_diverged_runs_are_counted_not_averaged():
     assert "3 ok, 1 diverged" in format_table(t.reset_index())
 
 
+def test_stopped_runs_are_counted_separately_not_averaged():
+    runs = runs_frame()
+    # a trial a scheduler stopped after T - 1 tasks: its FWT is defined, its ACC is not
+    stopped = runs.iloc[[3, 4]].assign(status="stopped", acc=np.nan, bwt=np.nan, fwt=0.9,
+                                       forgetting=np.nan)
+    t = summary_table(pd.concat([runs, stopped], ignore_index=True)).set_index("strategy")
+    assert t.loc["ewc", ["runs", "ok", "diverged", "stopped", "failed"]].tolist() == [6, 4, 0, 2, 0]
+    assert t.loc["ewc", "fwt_mean"] == pytest.approx(np.mean([a / 100 - 0.005
+                                                             for a in ACC["ewc"]]))
+    assert t.loc["ewc", "acc_std"] == pytest.approx(np.std(ACC["ewc"], ddof=1))
+    assert "4 ok, 2 stopped" in format_table(t.reset_index())
+    assert json.loads(to_json(t.reset_index()))[1]["stopped"] == 2
+
+
 def test_single_run_has_no_std_and_json_nulls():
     runs = runs_frame().iloc[[0]]
     t = summary_table(runs)

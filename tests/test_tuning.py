@@ -141,7 +141,7 @@ def _rec(name, acc, bwt, status="ok"):
 
 def test_pareto_front_keeps_exactly_the_non_dominated_finished_trials():
     recs = [_rec("a", 0.8, -0.2), _rec("b", 0.7, -0.1), _rec("c", 0.6, -0.3),
-            _rec("d", 0.8, -0.25), _rec("e", 0.9, 0.0, status="pruned"), _rec("f", 0.7, -0.1)]
+            _rec("d", 0.8, -0.25), _rec("e", 0.9, 0.0, status="stopped"), _rec("f", 0.7, -0.1)]
     front = pareto_front(recs, ["acc", "bwt"], ["max", "max"])
     assert [r.trial for r in front] == ["a", "b", "f"]  # e is not finished; c, d dominated
     assert dominates(recs[0], recs[3], ["acc", "bwt"], ["max", "max"])

@@ -130,12 +130,52 @@ def test_tune_multi_objective_and_asha_stops_a_trial_before_its_last_task(tmp_pa
                             scheduler={"asha": {"grace_period": 1, "reduction_factor": 2}}))
     out = tmp_path / "asha"
     records = run_tune(study, out)
-    stopped = [r for r in records if r.status == "pruned"]
+    stopped = [r for r in records if r.status == "stopped"]
     assert stopped and all(r.tasks_learned < 3 for r in stopped)
     assert any(r.status == "ok" and r.tasks_learned == 3 for r in records)
     assert (out / "tune" / "asha").is_dir()  # Tune's state lives under the output directory
-    runs = load(out).runs  # only complete runs go to the store
-    assert set(runs.run_id) == {r.run_id for r in records if r.status == "ok"}
+    _check_stopped_in_store(out, records, "asha")
+
+
+def _check_stopped_in_store(out, records, study):
+    """Every trial is in the store; a stopped one has NaN rows after its last task, null
+    ACC, and is counted (not averaged) by the report and the analysis."""
+    from llray import analysis
+    from llray.report import summary_table
+
+    res = load(out)
+    runs = res.runs.set_index("run_id")
+    assert set(runs.index) == {r.run_id for r in records} and set(runs.experiment) == {study}
+    stopped = [r for r in records if r.status == "stopped"]
+    for r in records:
+        assert runs.loc[r.run_id, "status"] == r.status
+        R = res.r_matrix_of(r.run_id)
+        k = r.tasks_learned
+        assert np.isfinite(R[: k + 1]).all() and np.isnan(R[k + 1:]).all()
+        np.testing.assert_array_equal(R, r.R)
+        assert json.loads(runs.loc[r.run_id, "config"])["tuning"]["study"] == study
+    assert runs.loc[[r.run_id for r in stopped], "acc"].isna().all()
+    ok = [r.objectives["acc"] for r in records if r.status == "ok"]
+    table = summary_table(res.runs).iloc[0]
+    assert (table["runs"], table["ok"], table["stopped"]) == (len(records), len(ok), len(stopped))
+    assert table["acc_mean"] == pytest.approx(np.mean(ok))
+    summary = analysis.summarize(analysis.run_metrics(out), by="experiment").iloc[0]
+    assert (summary["n"], summary["n_stopped"], summary["n_nan"]) == (len(records),
+                                                                        len(stopped), 0)
+    assert summary["acc"] == pytest.approx(np.mean(ok)) and summary["acc_n"] == len(ok)
+
+
+def test_optuna_pruner_stops_a_bad_trial_and_the_store_records_it(tmp_path):
+    # the second trial's tiny lr is worse after the first task: SHA prunes it there
+    study = parse_spec(spec(study="sha", strategy="naive", num_trials=3, train=QUICK,
+                            search={"train.lr": {"loguniform": [1.0e-6, 0.1]}},
+                            enqueue=[{"train.lr": 0.01}, {"train.lr": 1.0e-6},
+                                     {"train.lr": 0.02}],
+                            scheduler={"asha": {"grace_period": 1, "reduction_factor": 2}}))
+    records = run_optuna(study, output=tmp_path)
+    assert [r.status for r in records][:2] == ["ok", "stopped"]
+    assert records[1].tasks_learned == 1
+    _check_stopped_in_store(tmp_path, records, "sha")
 
 
 def _wait_for_trials(proc, n, timeout):

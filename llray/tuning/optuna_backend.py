@@ -6,7 +6,8 @@ an Optuna study kept in a storage: a journal file (``JournalStorage(JournalFileB
 (``sqlite:///study.db``, ``postgresql://...``) for several machines. Start the same
 command in as many processes as you like; each adds trials until the study holds
 ``num_trials`` of them (at most one extra per additional process, from the race between
-counting and asking). ASHA becomes Optuna's ``SuccessiveHalvingPruner`` over tasks.
+counting and asking). ASHA becomes Optuna's ``SuccessiveHalvingPruner`` over tasks; a
+pruned trial is written to the results store with status ``stopped``.
 
 Example:
     >>> from llray.tuning.spec import parse_spec
@@ -146,7 +147,7 @@ def run_one(ostudy: optuna.Study, study: StudySpec, stream: TaskStream,
     except BaseException:
         ostudy.tell(ot, state=optuna.trial.TrialState.FAIL)
         raise
-    status = "pruned" if pruned else report["status"]
+    status = "stopped" if pruned else report["status"]
     for key in ("status", "tasks_learned", "R", "run_id", "order", "wall_s"):
         ot.set_user_attr(key, report[key] if key != "status" else status)
     ot.set_user_attr("objectives", {o: report[o] for o in study.objectives})
@@ -154,7 +155,7 @@ def run_one(ostudy: optuna.Study, study: StudySpec, stream: TaskStream,
         ostudy.tell(ot, state=optuna.trial.TrialState.PRUNED)
     else:
         ostudy.tell(ot, [float(report[o]) for o in study.objectives])
-    if output is not None and not pruned:  # the store holds ok, diverged and failed runs
+    if output is not None:
         write_trial(str(output), study, ot.params, report, stream.benchmark, stream.scenario,
                     status)
     return TrialRecord(str(ot.number), jsonable(trial.values), status, report["tasks_learned"],
@@ -171,7 +172,10 @@ def records(ostudy: optuna.Study, study: StudySpec) -> list[TrialRecord]:
 def _record(study: StudySpec, t: optuna.trial.FrozenTrial) -> TrialRecord:
     attrs = t.user_attrs
     state = t.state.name.lower()
-    status = attrs.get("status", {"complete": "ok", "fail": "failed"}.get(state, state))
+    default = {"complete": "ok", "fail": "failed", "pruned": "stopped"}.get(state, state)
+    status = attrs.get("status", default)
+    status = "stopped" if status == "pruned" else status  # the name before 'stopped'
+
     try:
         values = jsonable(study.space.values(t.params))
     except KeyError:  # failed before sampling

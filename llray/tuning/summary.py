@@ -26,9 +26,9 @@ class TrialRecord:
 
     trial: str  # Ray Tune trial id, or Optuna trial number
     values: dict[str, Any]  # searched keys -> values (``order`` as a list of task ids)
-    status: str  # "ok" | "diverged" | "pruned" (stopped early) | "failed" | "running"
+    status: str  # "ok" | "diverged" | "stopped" (early, by a scheduler) | "failed" | "running"
     tasks_learned: int
-    objectives: dict[str, float]  # final (or, when pruned, last reported) values
+    objectives: dict[str, float]  # final (or, when stopped, last reported) values
     R: np.ndarray | None = None
     run_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)

@@ -4,7 +4,8 @@ Both backends drive a trial the same way: build it from raw Optuna parameters, c
 :meth:`Trial.learn_next` once per task, and report :meth:`Trial.metrics` after each
 (running objectives over the tasks seen so far, so ASHA or an Optuna pruner can stop a
 poor trial early). A trial that diverges reports the worst value of every objective and
-ends; the study goes on.
+ends; the study goes on. Every ended trial goes to the results store, one that was
+stopped early with status ``stopped`` (:func:`write_trial`).
 
 Example:
     >>> from llray.tuning.spec import parse_spec
@@ -170,11 +171,15 @@ def write_trial(
     benchmark: str,
     scenario: str,
     status: str | None = None,
-) -> None:
+) -> bool:
     """Write a trial's R and run row to ``output``'s Parquet store (idempotent by run id).
 
     ``experiment`` is the study name; the config JSON holds the run's full config plus
-    ``tuning: {study, params}`` with the trial's searched values.
+    ``tuning: {study, params}`` with the trial's searched values. ``status`` overrides
+    the report's: ``stopped`` for a trial a scheduler ended early, whose R rows after
+    its last task stay NaN. Such a trial is not written when the store already holds a
+    run with the same id (the same values) that was not stopped: two trials of one
+    config are one run, and the finished one is kept. Returns whether it was written.
     """
     from datetime import datetime
 
@@ -182,6 +187,9 @@ def write_trial(
 
     values = study.space.values(params)
     spec = study.run_spec(values)
+    if status == "stopped" and _finished_in_store(output, study.study, spec.run_id):
+        return False
+
     config = {**spec.config_dict(), "tuning": {"study": study.study, "params": jsonable(values)}}
     meta = RunMeta(
         run_id=spec.run_id,
@@ -196,6 +204,19 @@ def write_trial(
         finished_at=datetime.fromisoformat(report["finished_at"]),
     )
     write_run(output, meta, result_from_report(report, status))
+    return True
+
+
+def _finished_in_store(output: str, study: str, run_id: str) -> bool:
+    """Whether the study's runs in the store include ``run_id`` with a status other than
+    ``stopped`` (reads two columns of one experiment)."""
+    from llray.results import load_runs
+
+    try:
+        runs = load_runs(output, columns=["run_id", "status"], experiment=study)
+    except ValueError:  # no store yet
+        return False
+    return bool(((runs["run_id"] == run_id) & (runs["status"] != "stopped")).any())
 
 
 def jsonable(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,8 @@ whole run (model, strategy, RNG, R so far), so ``training_iteration`` = tasks le
 ASHA can stop poor trials early, and a resumed study continues unfinished trials from
 their last task. Tune keeps its state under ``OUTPUT/tune/STUDY`` (``RunConfig
 (storage_path=OUTPUT/tune)``), never in the home directory. A driver-side callback writes
-every finished trial's R to ``OUTPUT/r_matrix`` and ``OUTPUT/runs``.
+every ended trial's R to ``OUTPUT/r_matrix`` and ``OUTPUT/runs``, including those ASHA
+stopped (status ``stopped``, NaN rows after their last task).
 
 Example (on a running Ray)::
 
@@ -29,7 +30,7 @@ from ray import tune
 
 from llray.data import TaskStream, make_stream
 from llray.errors import ConfigError
-from llray.results import finished_run_ids
+from llray.results import STATUSES, ResultsError, load_runs
 from llray.tuning.spec import StudySpec
 from llray.tuning.summary import TrialRecord
 from llray.tuning.trial import Trial, jsonable, r_from_json, write_trial
@@ -123,13 +124,13 @@ def trial_dirname(trial: Any) -> str:
 
 
 def _status(study: StudySpec, result: dict[str, Any] | None, trial_status: str) -> str:
-    """ok / diverged / pruned (stopped early by ASHA) / failed / running (unfinished)."""
+    """ok / diverged / stopped (early, by ASHA) / failed / running (unfinished)."""
     if trial_status == "ERROR" or not result or "status" not in result:
         return "failed" if trial_status in ("ERROR", "TERMINATED") else "running"
     if trial_status != "TERMINATED":
         return "running"
     if result["status"] == "ok" and result["tasks_learned"] < study.num_tasks:
-        return "pruned"
+        return "stopped"
     return result["status"]
 
 
@@ -172,15 +173,14 @@ def _write(output: str, study: StudySpec, trial: Any, trial_status: str, benchma
            scenario: str) -> bool:
     """Write an ended trial to the store; False when there is nothing to write.
 
-    Trials that ASHA stopped early are not written: the store's statuses are ok,
-    diverged and failed, and their R is incomplete (they stay in Tune's state).
+    A trial that ASHA stopped early is written with status ``stopped`` (its R rows after
+    its last task are NaN); one still running (an interrupted study) is not written.
     """
     result = trial.last_result
     status = _status(study, result, trial_status)
-    if status not in ("ok", "diverged", "failed") or not result or "R" not in result:
+    if status not in STATUSES or not result or "R" not in result:
         return False
-    write_trial(output, study, trial.config, result, benchmark, scenario, status)
-    return True
+    return write_trial(output, study, trial.config, result, benchmark, scenario, status)
 
 
 def run_tune(
@@ -217,11 +217,22 @@ def run_tune(
         trials = tune.ExperimentAnalysis(path).trials
     finally:
         analysis_logger.setLevel(level)
-    written = finished_run_ids(str(output))
+    stored = _stored_status(str(output), study)
     for t in trials:  # trials that ended while no driver was listening, or unwritten
-        if (t.last_result or {}).get("run_id") not in written:
+        have = stored.get((t.last_result or {}).get("run_id"))
+        if have is None or (have == "stopped"
+                            and _status(study, t.last_result, t.status) != "stopped"):
             _write(str(output), study, t, t.status, stream.benchmark, stream.scenario)
     return [_record(study, t) for t in trials]
+
+
+def _stored_status(output: str, study: StudySpec) -> dict[str, str]:
+    """run id -> status of the study's runs already in the store."""
+    try:
+        runs = load_runs(output, columns=["run_id", "status"], experiment=study.study)
+    except ResultsError:  # no results directory yet
+        return {}
+    return dict(zip(runs["run_id"], runs["status"]))
 
 
 def _new_tuner(fn: Any, study: StudySpec, storage: str, stream: TaskStream, output: str) -> Any:
