@@ -49,7 +49,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
@@ -601,7 +601,7 @@ def _newest(table: pa.Table, file_rows: Sequence[int], ranks: np.ndarray) -> np.
         return None
     row_rank = ranks[file_of]
     if "finished_at" in table.column_names:  # runs: one row per copy
-        fin = table["finished_at"].cast(pa.int64()).fill_null(np.iinfo(np.int64).min)
+        fin = table["finished_at"].cast(pa.int64()).fill_null(_NO_TIME)
         order = np.lexsort((row_rank, fin.to_numpy(), codes))  # per run, newest last
         last = np.ones(len(order), dtype=bool)
         last[:-1] = codes[order][1:] != codes[order][:-1]
@@ -727,8 +727,7 @@ class _Part:
     info: pafs.FileInfo
     rank: int
     rows: int
-    run_ids: set[str]
-    table: pa.Table | None  # read whole when it is a candidate for merging
+    runs: dict[str, int]  # run id -> finished_at (µs; runs/ only, else 0)
 
 
 def compact(
@@ -741,8 +740,10 @@ def compact(
     Per experiment and dataset (``r_matrix/``, ``runs/``), the files with fewer than
     ``max_rows // 2`` rows, and any file holding a run that another file holds too, are
     merged into ``compact-<random>.parquet`` files of about ``max_rows`` rows (whole
-    runs, sorted by run id; a run in several files keeps its newest copy, as
-    :func:`load` does). Each new file is written under a temporary name and renamed into
+    runs, each file sorted by run id; a run in several files keeps its newest copy, as
+    :func:`load` does). The footers (and run ids) are read first, then one merged file
+    at a time is built, so memory stays about one merged file's rows whatever the
+    number of runs. Each new file is written under a temporary name and renamed into
     place before the files it replaces are removed, so at every moment a reader finds
     every run (and a crash in between leaves copies that :func:`load` reads once and the
     next compaction merges). A source file changed since it was read is left in place.
@@ -756,9 +757,9 @@ def compact(
 
     Raises:
         ResultsError: the directory does not exist, or a file is not an llray file
-            (named). An experiment is read whole before anything of it is written, so
-            nothing of the experiment with the bad file changes (experiments before it
-            in name order are compacted already, a valid store).
+            (named). Every footer of an experiment is checked before anything of it is
+            written, so nothing of the experiment with a foreign file changes
+            (experiments before it in name order are compacted already, a valid store).
         ConfigError: ``experiment`` is not in the results; ``max_rows`` < 1.
 
     Example:
@@ -794,104 +795,165 @@ def compact(
     for exp in chosen:  # read both datasets of an experiment, then write (r_matrix first)
         plans = [_plan(fs, f"{root}/{ds}", ds, listed.get((ds, exp), []), max_rows)
                  for ds in _DATASETS]
-        for plan in plans:
-            totals = [a + b for a, b in zip(totals, _apply(fs, plan))]
+        for ds, plan in zip(_DATASETS, plans):
+            totals = [a + b for a, b in zip(totals, _apply(fs, f"{root}/{ds}", ds, plan))]
     return CompactStats(tuple(chosen), *totals, seconds=time.perf_counter() - t0)
 
 
 @dataclass
 class _Plan:
-    """What compacting one partition will do: the merged rows and the files they replace."""
+    """What compacting one partition will do: which files merge, which runs each keeps,
+    and how the merged files are cut (``bins``: lists of indices into ``merge``)."""
 
     files: int
-    chunks: list[pa.Table] = field(default_factory=list)
     merge: list[_Part] = field(default_factory=list)
-    dropped: int = 0
+    keep: list[set[str]] = field(default_factory=list)
+    bins: list[list[int]] = field(default_factory=list)
 
 
 def _plan(
     fs: pafs.FileSystem, base: str, dataset: str, infos: list[pafs.FileInfo], max_rows: int
 ) -> _Plan:
-    """Read one partition and decide (nothing written): which files merge into which."""
+    """Read the footers (and the run ids) of one partition and decide; nothing written.
+
+    Every file's schema is checked here, before any file of the experiment is written.
+    """
     n = len(infos)
     if n < 2:
         return _Plan(n)
     schema = _DATASETS[dataset]
     ranks = _age_ranks(infos)
-    parts = _map(lambda k: _scan(fs, base, schema, infos[k], int(ranks[k]), max_rows // 2),
-                 range(n))
-    seen: dict[str, int] = {}
+    parts = _map(lambda k: _scan(fs, base, schema, infos[k], int(ranks[k])), range(n))
+    newest: dict[str, tuple[int, int]] = {}  # run id -> (finished_at, rank) of its newest copy
+    copies: dict[str, int] = {}
     for p in parts:
-        for run_id in p.run_ids:
-            seen[run_id] = seen.get(run_id, 0) + 1
-    merge = [p for p in parts if p.table is not None or any(seen[r] > 1 for r in p.run_ids)]
+        for run_id, finished in p.runs.items():
+            copies[run_id] = copies.get(run_id, 0) + 1
+            newest[run_id] = max(newest.get(run_id, (finished, p.rank)), (finished, p.rank))
+    merge = [p for p in parts
+             if p.rows < max_rows // 2 or any(copies[r] > 1 for r in p.runs)]
     if len(merge) < 2:
         return _Plan(n)
-    for p in merge:
-        if p.table is None:  # a large file holding a run that is elsewhere too
-            p.table = _read_file(fs, p.info.path, base, schema, _without_partition(schema).names)
-    table = pa.concat_tables([p.table for p in merge])
-    keep = _newest(table, [p.table.num_rows for p in merge], np.array([p.rank for p in merge]))
-    if keep is not None:
-        table = table.filter(pa.array(keep))
-    table = table.take(pc.sort_indices(table, sort_keys=[("run_id", "ascending")]))  # stable
-    dropped = sum(p.table.num_rows for p in merge) - table.num_rows
-    return _Plan(n, _chunks(table, max_rows), merge, dropped)
+    keep = [{r for r in p.runs if newest[r][1] == p.rank} for p in merge]
+    estimate = [p.rows * len(k) // max(1, len(p.runs)) for p, k in zip(merge, keep)]
+    return _Plan(n, merge, keep, _bins(estimate, max_rows))
 
 
-def _apply(fs: pafs.FileSystem, plan: _Plan) -> list[int]:
-    """Write a plan's merged files, then remove the files they replace.
+def _bins(rows: Sequence[int], max_rows: int) -> list[list[int]]:
+    """Consecutive files in ``ceil(total / max_rows)`` bins of about equal rows: a bin ends
+    before the file that would take it further from its share than it is."""
+    total = sum(rows)
+    k = max(1, -(-total // max_rows))
+    cuts = [total * i / k for i in range(1, k)]
+    bins: list[list[int]] = [[]]
+    filled, c = 0, 0
+    for j, r in enumerate(rows):
+        if bins[-1] and c < len(cuts) and abs(filled - cuts[c]) <= abs(filled + r - cuts[c]):
+            bins.append([])
+            c += 1
+            while c < len(cuts) and cuts[c] <= filled:  # a large file spanned several
+                c += 1
+        bins[-1].append(j)
+        filled += r
+    return bins
+
+
+def _apply(fs: pafs.FileSystem, base: str, dataset: str, plan: _Plan) -> list[int]:
+    """Write a plan's merged files one bin at a time, then remove the files they replace.
 
     Returns ``[files before, after, written, removed, rows written, rows dropped]``.
     """
-    if not plan.chunks:
+    if not plan.merge:
         return [plan.files, plan.files, 0, 0, 0, 0]
+    schema = _without_partition(_DATASETS[dataset])
     mtime = max((p.info.mtime_ns or 0) for p in plan.merge) or None
     folder = plan.merge[0].info.path.rsplit("/", 1)[0]
-    for chunk in plan.chunks:
-        _write_atomic(fs, f"{folder}/{_COMPACTED}{uuid.uuid4().hex[:16]}.parquet", chunk, mtime)
+    written = rows = dropped = 0
+    for members in plan.bins:
+        tables = _map(lambda k: _kept_rows(fs, base, dataset, plan.merge[k], plan.keep[k]),
+                      members)
+        table = pa.concat_tables([t for t, _ in tables]).cast(schema)
+        table = table.take(pc.sort_indices(table, sort_keys=[("run_id", "ascending")]))
+        if table.num_rows:
+            path = f"{folder}/{_COMPACTED}{uuid.uuid4().hex[:16]}.parquet"
+            _write_atomic(fs, path, table, mtime)
+            written += 1
+        rows += table.num_rows
+        dropped += sum(d for _, d in tables)
     _sync_dir(fs, folder)
     removed = sum(_remove_unchanged(fs, p.info) for p in plan.merge)
-    written = len(plan.chunks)
-    rows = sum(c.num_rows for c in plan.chunks)
-    return [plan.files, plan.files + written - removed, written, removed, rows, plan.dropped]
+    return [plan.files, plan.files + written - removed, written, removed, rows, dropped]
 
 
-def _scan(fs: pafs.FileSystem, base: str, schema: pa.Schema, info: pafs.FileInfo, rank: int,
-          small: int) -> _Part:
-    """Open a file once: a small one is read whole, a large one for its run ids only."""
+def _kept_rows(fs: pafs.FileSystem, base: str, dataset: str, part: _Part,
+               keep: set[str]) -> tuple[pa.Table, int]:
+    """A merged file's rows of the runs whose newest copy it holds; and how many it drops."""
+    table = _read_file(fs, part.info.path, base, _DATASETS[dataset],
+                       _without_partition(_DATASETS[dataset]).names)
+    if len(keep) == len(part.runs):
+        return table, 0
+    kept = table.filter(pc.is_in(table["run_id"], value_set=pa.array(sorted(keep), pa.string())))
+    return kept, table.num_rows - kept.num_rows
+
+
+def _scan(fs: pafs.FileSystem, base: str, schema: pa.Schema, info: pafs.FileInfo,
+          rank: int) -> _Part:
+    """A file's rows and runs (with, in ``runs/``, the ``finished_at`` that decides which
+    copy of a run is the newest). A file of one run says both in its footer's column
+    statistics; of other files the two columns are read."""
     f, pf = _open_checked(fs, info.path, base, schema)
     try:
-        rows = pf.metadata.num_rows
-        columns = _without_partition(schema).names if rows < small else ["run_id"]
+        md = pf.metadata
+        single = _single_run(md, "finished_at" in schema.names)
+        if single is not None:
+            return _Part(info, rank, md.num_rows, dict([single]))
+        columns = ["run_id"] + (["finished_at"] if "finished_at" in schema.names else [])
         table = pf.read(columns=columns, use_threads=False)
     except (OSError, pa.ArrowException) as e:
         raise ResultsError(info.path, f"cannot read Parquet file: {e}") from None
     finally:
         f.close()
-    run_ids = set(pc.unique(table["run_id"]).to_pylist())
-    if rows >= small:
-        return _Part(info, rank, rows, run_ids, None)
-    return _Part(info, rank, rows, run_ids, table.cast(_without_partition(schema)))
+    ids = table["run_id"].to_pylist()
+    if "finished_at" not in columns:
+        return _Part(info, rank, md.num_rows, dict.fromkeys(ids, 0))
+    fin = table["finished_at"].cast(pa.int64()).fill_null(_NO_TIME).to_pylist()
+    runs: dict[str, int] = {}
+    for run_id, t in zip(ids, fin):
+        runs[run_id] = max(runs.get(run_id, t), t)
+    return _Part(info, rank, md.num_rows, runs)
 
 
-def _chunks(table: pa.Table, max_rows: int) -> list[pa.Table]:
-    """``table`` (sorted by run id) in ``ceil(rows / max_rows)`` nearly equal slices, each
-    cut at the run boundary nearest to an equal split (so about ``max_rows`` rows)."""
-    k = -(-table.num_rows // max_rows)
-    if k <= 1:
-        return [table]
-    ids = table["run_id"].combine_chunks()
-    starts = np.flatnonzero(pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)) + 1
-    if len(starts) == 0:  # one run larger than max_rows
-        return [table]
-    targets = np.arange(1, k) * table.num_rows / k
-    after = np.minimum(np.searchsorted(starts, targets), len(starts) - 1)
-    before = np.maximum(after - 1, 0)
-    nearer = np.abs(starts[before] - targets) <= np.abs(starts[after] - targets)
-    cuts = np.unique(np.where(nearer, starts[before], starts[after]))
-    edges = [0, *cuts.tolist(), table.num_rows]
-    return [table.slice(a, b - a) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+_NO_TIME = int(np.iinfo(np.int64).min)  # a null finished_at: older than any time
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _single_run(md: Any, finished: bool) -> tuple[str, int] | None:
+    """``(run id, finished_at in µs or 0)`` when the footer's statistics show that every
+    row has the same run id (and finished_at); None when they cannot tell."""
+    leaves = {md.row_group(0).column(j).path_in_schema: j
+              for j in range(md.num_columns)} if md.num_row_groups else {}
+    found: set[tuple[str, int]] = set()
+    for g in range(md.num_row_groups):
+        run_id = _only_value(md.row_group(g).column(leaves["run_id"]).statistics)
+        if run_id is None:
+            return None
+        time_ = 0
+        if finished:
+            stats = md.row_group(g).column(leaves["finished_at"]).statistics
+            if stats is not None and stats.null_count == stats.num_values:
+                time_ = _NO_TIME
+            elif (t := _only_value(stats)) is not None and stats.null_count == 0:
+                time_ = (t - _EPOCH) // timedelta(microseconds=1)
+            else:
+                return None
+        found.add((run_id.decode() if isinstance(run_id, bytes) else run_id, time_))
+    return found.pop() if len(found) == 1 else None
+
+
+def _only_value(stats: Any) -> Any:
+    if stats is None or not stats.has_min_max or stats.min != stats.max:
+        return None
+    return stats.min
 
 
 def _sync_dir(fs: pafs.FileSystem, folder: str) -> None:

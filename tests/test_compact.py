@@ -98,9 +98,17 @@ def test_run_written_again_after_compaction_is_returned_once_newest_copy(store):
     assert loaded.runs.set_index("run_id").loc["x1", "acc"] == pytest.approx(
         np.mean(res.R[-1]))
     assert finished_run_ids(out) == {m.run_id for m, _ in items}
-    # the next compaction merges the new copy and drops the old one
+    # x2 again, with an earlier finished_at (another machine's clock): in runs/ the row
+    # that finished last wins, in r_matrix/ the file written last
+    meta2, res2 = make_run("x2", seed=98)
+    write_run(out, type(meta2)(**{**meta2.__dict__,
+                                  "finished_at": meta2.finished_at - pd.Timedelta("1h")}), res2)
+    loaded = load(out)
+    assert loaded.runs.set_index("run_id").loc["x2", "seed"] == 2
+    np.testing.assert_array_equal(loaded.r_matrix_of("x2"), res2.R)
+    # the next compaction merges the new copies and drops the old ones, as load chose
     stats = compact(out)
-    assert stats.copies_dropped == res.R.size + 1 and stats.files_after == 4
+    assert stats.copies_dropped == 2 * (res.R.size + 1) and stats.files_after == 4
     assert_same_load(loaded, load(out))
 
 
