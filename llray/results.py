@@ -792,11 +792,16 @@ def compact(
                                         f"there: {', '.join(names) or 'none'}")
     chosen = names if experiment is None else [experiment]
     totals = [0] * 6  # files before, after, written, removed; rows written, dropped
-    for exp in chosen:  # read both datasets of an experiment, then write (r_matrix first)
-        plans = [_plan(fs, f"{root}/{ds}", ds, listed.get((ds, exp), []), max_rows)
-                 for ds in _DATASETS]
-        for ds, plan in zip(_DATASETS, plans):
-            totals = [a + b for a, b in zip(totals, _apply(fs, f"{root}/{ds}", ds, plan))]
+    try:
+        for exp in chosen:  # read both datasets' footers, then write (r_matrix first)
+            plans = [_plan(fs, f"{root}/{ds}", ds, listed.get((ds, exp), []), max_rows)
+                     for ds in _DATASETS]
+            for ds, plan in zip(_DATASETS, plans):
+                done = _apply(fs, f"{root}/{ds}", ds, plan)
+                totals = [a + b for a, b in zip(totals, done)]
+    except _Vanished as e:  # another compaction removed it; the store is still whole
+        raise ResultsError(str(e), "removed while compacting (is another 'llray compact' "
+                                   "running?); run it again") from None
     return CompactStats(tuple(chosen), *totals, seconds=time.perf_counter() - t0)
 
 

@@ -237,3 +237,17 @@ def test_readers_list_again_when_a_compaction_removes_their_files(store, monkeyp
         got = analysis.run_metrics(out, engine=engine)
         assert not pending.get("r_matrix")  # the stale listing was used first
         pd.testing.assert_frame_equal(got, expected[engine], check_exact=False, atol=1e-12)
+
+
+def test_a_file_removed_by_another_compaction_is_a_clear_error(store, monkeypatch):
+    out, _ = store
+    scan = results._scan
+
+    def other_compaction_first(fs, base, schema, info, rank):
+        Path(info.path).unlink()  # as if another process had merged and removed it
+        return scan(fs, base, schema, info, rank)
+
+    monkeypatch.setattr(results, "_scan", other_compaction_first)
+    with pytest.raises(ResultsError, match="removed while compacting"):
+        compact(out, experiment="other")
+    assert not [f for f in data_files(out) if "compact-" in f]  # nothing written
