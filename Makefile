@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/llray run jobs/quickstart.yaml --output results/quickstart
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -1,4 +1,4 @@
-"""Shared fixtures: one local Ray per test session, tiny streams."""
+"""Shared by tests/ and the doctests in llray/: loopback-only Ray, one local Ray per session."""
 
 import os
 
