@@ -38,6 +38,10 @@ def test_run_writes_parquet_equal_to_in_process_runs_and_report_reproduces_it(
     printed = capsys.readouterr().out
     assert "naive" in printed and "joint" in printed
 
+    # per-run files were merged once the sweep was done
+    assert [f.name[:8] for f in (out / "r_matrix" / "experiment=cli").glob("*.parquet")] == [
+        "compact-"
+    ]
     res = load(out)
     specs = load_config(cfg_path).runs()
     assert sorted(res.runs["run_id"]) == sorted(s.run_id for s in specs)

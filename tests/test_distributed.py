@@ -246,7 +246,9 @@ def test_interrupted_driver_resumed_writes_only_missing_runs(cluster, stream, re
     files_before = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
 
     time.sleep(0.01)
-    code = cli_main(["run", str(path), "--output", str(out), "--resume", "--no-progress"])
+    # --no-compact: keep per-run files, so that untouched files prove no run was rewritten
+    code = cli_main(["run", str(path), "--output", str(out), "--resume", "--no-progress",
+                     "--no-compact"])
     assert code == 0
     err = capsys.readouterr().err
     assert f"resume: {len(done_before)} runs already done" in err

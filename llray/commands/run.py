@@ -15,7 +15,7 @@ from llray.config import ExperimentConfig, RunSpec, load_config
 from llray.data import make_stream
 from llray.distributed.checkpoint import CheckpointStore, resolve
 from llray.distributed.session import alive_nodes, connect, loopback_only, storage_warnings
-from llray.results import check_writable, finished_run_ids, load_runs
+from llray.results import check_writable, compact, finished_run_ids, load_runs
 
 NAME = "run"
 HELP = "run the strategies x seeds x orders grid of an experiment config on Ray"
@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="learner actors alive at once (default: twice what the cluster "
                         "fits, at least 8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-compact", action="store_true",
+                   help="keep one Parquet file per run (default: merge the experiment's "
+                        "files once the sweep is done; see 'llray compact')")
 
 
 def checkpoint_root(cfg: ExperimentConfig, output: str) -> str:
@@ -65,6 +68,8 @@ def execute(args: argparse.Namespace) -> int:
             print(f"\ninterrupted: finished runs are in {output}; rerun with --resume to "
                   "continue the others from their checkpoints", file=sys.stderr)
             return EXIT_INTERRUPTED
+    if not args.no_compact:
+        compact(output, cfg.experiment)  # one file per run -> a few large files
     from llray.report import report
 
     print(report(output))

@@ -103,11 +103,10 @@ def _save_spec(output: str | Path, study: StudySpec) -> None:
 
 def trainable(config: dict[str, Any], study: StudySpec, stream: TaskStream) -> None:
     """One Tune trial: a lifelong run that reports (and checkpoints) after every task."""
-    import ray
+    from llray.distributed.actor import pick_device
 
     torch.set_num_threads(max(1, int(study.resources.num_cpus)))
-    device = "cuda" if ray.get_gpu_ids() else "cpu"
-    trial = Trial(study, config, stream, device)
+    trial = Trial(study, config, stream, pick_device())  # never CUDA on a fake GPU
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
