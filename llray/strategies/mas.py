@@ -32,6 +32,7 @@ from torch.func import functional_call, grad, vmap
 
 from llray.config_base import require
 from llray.data.stream import Task
+from llray.strategies._penalty import quadratic_penalty
 from llray.strategies.base import Batch, Context, Strategy, register
 
 CHUNK = 256  # samples per vectorised per-sample-gradient chunk
@@ -113,14 +114,7 @@ class MAS(Strategy):
 
     def penalty(self, model: nn.Module) -> Tensor:
         """``λ Σ Ω (θ − θ*)²``."""
-        terms = [
-            (self.importance[n] * (p - self.anchor[n]).square()).sum()
-            for n, p in model.named_parameters()
-            if n in self.importance
-        ]
-        if not terms:
-            return next(model.parameters()).new_zeros(())
-        return self.config.lambda_ * torch.stack(terms).sum()
+        return quadratic_penalty(model, self.importance, self.anchor, self.config.lambda_)
 
     def before_task(self, model: nn.Module, task: Task, ctx: Context) -> None:
         self.importance = {n: v.to(ctx.device) for n, v in self.importance.items()}

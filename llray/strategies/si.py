@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from llray.config_base import require
 from llray.data.stream import Task
+from llray.strategies._penalty import quadratic_penalty
 from llray.strategies.base import Batch, Context, Strategy, register
 
 
@@ -81,14 +82,7 @@ class SI(Strategy):
     # -- penalty -----------------------------------------------------------------------
     def penalty(self, model: nn.Module) -> Tensor:
         """``c Σ_k Ω_k (θ_k − θ*_k)²``."""
-        terms = [
-            (self.importance[n] * (p - self.anchor[n]).square()).sum()
-            for n, p in model.named_parameters()
-            if n in self.importance
-        ]
-        if not terms:
-            return next(model.parameters()).new_zeros(())
-        return self.config.c * torch.stack(terms).sum()
+        return quadratic_penalty(model, self.importance, self.anchor, self.config.c)
 
     def task_loss(self, model: nn.Module, batch: Batch, ctx: Context) -> Tensor:
         return F.cross_entropy(ctx.logits(model, batch.x, batch.t), batch.y)
