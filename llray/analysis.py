@@ -21,9 +21,9 @@ out of the means (a stopped run's FWT may be defined, but it is not a finished r
 counts those with a NaN metric in ``n_nan`` and the stopped ones in ``n_stopped``.
 
 Example:
-    >>> per_run = run_metrics("results/quickstart")                 # doctest: +SKIP
-    >>> summarize(per_run, by=["strategy"])                         # doctest: +SKIP
-    >>> summary("results/ewc_lambda", by=["ewc.lambda_"])           # doctest: +SKIP
+    per_run = run_metrics("results/quickstart")
+    summarize(per_run, by=["strategy"])
+    summary("results/ewc_lambda", by=["ewc.lambda_"])
 
 DuckDB users can query the same views directly::
 
@@ -278,8 +278,8 @@ def run_metrics(
             experiment.
 
     Example:
-        >>> df = run_metrics("results/quickstart")                  # doctest: +SKIP
-        >>> df.groupby("strategy")["acc"].mean()                     # doctest: +SKIP
+        df = run_metrics("results/quickstart")
+        df.groupby("strategy")["acc"].mean()
     """
     metrics = list(metrics)
     metrics_sql("t", metrics)  # checks the names
@@ -622,7 +622,7 @@ def summary(
     """:func:`run_metrics` then :func:`summarize`; ``by`` may name study parameters.
 
     Example:
-        >>> summary("results/ewc_lambda", by=["ewc.lambda_"])        # doctest: +SKIP
+        summary("results/ewc_lambda", by=["ewc.lambda_"])
     """
     by = [by] if isinstance(by, str) else list(by)
     params = [b for b in by if b not in RUN_COLUMNS and b not in METRICS]
@@ -642,7 +642,7 @@ def mean_r(output: str | Path, by: Sequence[str] = ("experiment", "strategy"),
     more (and worse) runs than the last ones.
 
     Example:
-        >>> mean_r("results/quickstart").head()                     # doctest: +SKIP
+        mean_r("results/quickstart").head()
     """
     by = list(by)
     if _engine(engine, output) == "duckdb":
@@ -682,8 +682,8 @@ def connect(output: str | Path, threads: int | None = None) -> Any:
     """A DuckDB connection with views ``r_matrix``, ``runs`` and ``run_metrics``.
 
     Example:
-        >>> con = connect("results/quickstart")                      # doctest: +SKIP
-        >>> con.sql("SELECT strategy, avg(acc) FROM run_metrics GROUP BY 1").df()  # doctest: +SKIP
+        con = connect("results/quickstart")
+        con.sql("SELECT strategy, avg(acc) FROM run_metrics GROUP BY 1").df()
     """
     import duckdb
 

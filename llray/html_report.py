@@ -21,8 +21,8 @@ embedded as base64 ``data:`` URIs, so the page needs no other file; ``--png DIR`
 the same figures as files.
 
 Example:
-    >>> write_html("results/quickstart", "report.html")             # doctest: +SKIP
-    >>> write_pngs("results/quickstart", "figures/")                 # doctest: +SKIP
+    write_html("results/quickstart", "report.html")
+    write_pngs("results/quickstart", "figures/")
 """
 
 from __future__ import annotations

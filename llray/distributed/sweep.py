@@ -16,8 +16,8 @@ restarts, then it is written with status ``"failed"``. A Python error inside the
 learning code is not retried (it would happen again) and fails the run at once.
 
 Example:
-    >>> finished = run_sweep(cfg.runs(), make_stream(cfg.stream), "results/x",
-    ...                      SweepOptions(checkpoint="results/x/checkpoints"))  # doctest: +SKIP
+    finished = run_sweep(cfg.runs(), make_stream(cfg.stream), "results/x",
+                         SweepOptions(checkpoint="results/x/checkpoints"))
 """
 
 from __future__ import annotations
