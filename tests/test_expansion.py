@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from llray.data import StreamConfig, Task, TaskStream, make_stream
+from helpers import split_digits
+from llray.data import Task, TaskStream
 from llray.errors import ConfigError
 from llray.learner import LifelongRun
 from llray.models import (
@@ -24,14 +25,6 @@ torch.set_num_threads(1)
 
 # momentum and weight decay on purpose: they must not touch frozen columns
 TRAIN = TrainConfig(epochs=3, batch_size=32, lr=0.05, momentum=0.9, weight_decay=1e-3)
-
-
-def split_digits(scenario: str, num_tasks: int = 5, seed: int = 0) -> TaskStream:
-    """Split digits: 2 classes per task."""
-    s = make_stream(StreamConfig(dataset="digits", kind="split", scenario=scenario,
-                                 num_tasks=num_tasks, seed=seed))
-    assert all(len(t.classes) == 10 // num_tasks for t in s.tasks)
-    return s
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from llray.data import StreamConfig, TaskStream, make_stream
+from helpers import split_digits
 from llray.errors import ConfigError
 from llray.learner import LifelongRun, run_stream
 from llray.models import ModelConfig, build_model
@@ -18,14 +18,6 @@ TRAIN = TrainConfig(epochs=5, batch_size=32, lr=0.1)
 # small generators, so that the tests stay fast; the defaults are larger
 GAN = {"generator": "gan", "hidden": 128, "critic_iters": 2, "generator_epochs": 20}
 VAE = {"generator": "vae", "hidden": 128, "generator_lr": 3e-3, "generator_epochs": 50}
-
-
-def split_digits(scenario: str, num_tasks: int = 5, seed: int = 0) -> TaskStream:
-    """Split digits: 2 classes per task."""
-    s = make_stream(StreamConfig(dataset="digits", kind="split", scenario=scenario,
-                                 num_tasks=num_tasks, seed=seed))
-    assert all(len(t.classes) == 10 // num_tasks for t in s.tasks)
-    return s
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llray.data import StreamConfig, Task, TaskStream, make_stream
+from helpers import split_digits
+from llray.data import Task, TaskStream
 from llray.errors import ConfigError
 from llray.learner import LifelongRun, run_stream
 from llray.models import ModelConfig, build_model
@@ -19,14 +20,6 @@ from llray.strategies.icarl import herding, normalized_features
 
 torch.set_num_threads(1)
 TRAIN = TrainConfig(epochs=5, batch_size=32, lr=0.1)
-
-
-def split_digits(scenario: str, num_tasks: int = 5, seed: int = 0) -> TaskStream:
-    """Split digits: 2 classes per task."""
-    s = make_stream(StreamConfig(dataset="digits", kind="split", scenario=scenario,
-                                 num_tasks=num_tasks, seed=seed))
-    assert all(len(t.classes) == 10 // num_tasks for t in s.tasks)
-    return s
 
 
 @pytest.fixture(scope="module")
