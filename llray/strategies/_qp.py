@@ -1,4 +1,4 @@
-"""Gradient projection for GEM and A-GEM: flat gradients, the two projections, the loop.
+"""Gradient projection for GEM and A-GEM: flat gradients, the two projections.
 
 **A-GEM** (Chaudhry, Ranzato, Rohrbach & Elhoseiny 2019, "Efficient Lifelong Learning
 with A-GEM", ICLR, Eq. 11) projects the current gradient ``g`` onto the half-space of
@@ -32,8 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from llray.data.stream import Task
-from llray.strategies.base import Batch, Context, Strategy
+from llray.strategies.base import Context
 
 # (model, params, g [P] of the current loss, ctx) -> the gradient to apply, or None to keep g
 Projector = Callable[[nn.Module, list[nn.Parameter], Tensor, Context], Tensor | None]
@@ -116,37 +115,12 @@ def gem_project(g: Tensor, G: Tensor, margin: float = 0.0) -> Tensor:
     return (G64.T @ v + g64).to(g.dtype)
 
 
-def projected_fit(
-    strategy: Strategy,
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    t: int | Tensor,
-    task: Task,
-    ctx: Context,
-    project: Projector,
+def apply_projection(
+    project: Projector, model: nn.Module, params: list[nn.Parameter], ctx: Context
 ) -> None:
-    """The base class's training loop with ``project`` applied to each step's gradient.
-
-    Each step: ``strategy.loss`` is backpropagated, its gradient flattened to ``g``,
-    ``project(model, params, g, ctx)`` returns the gradient to apply (or None to keep
-    ``g``), which is written back before the optimizer step.
-    """
-    params = grad_params(model)
-    opt = ctx.optimizer(params)
-    per_sample_t = isinstance(t, Tensor)
-    for _ in range(ctx.train.epochs):
-        total = torch.zeros((), device=ctx.device)
-        for idx in ctx.batches(len(y)):
-            bt = t[idx] if per_sample_t else t
-            loss = strategy.loss(model, Batch(x[idx], y[idx], bt), task, ctx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            g = flatten([p.grad for p in params], params)  # [P]
-            g_new = project(model, params, g, ctx)
-            if g_new is not None:
-                assign_grad(params, g_new)
-            opt.step()
-            total += loss.detach()
-        ctx.samples_trained += len(y)
-        ctx.check_finite(total)
+    """Flatten the step's gradient to ``g``, and write back ``project(model, params, g,
+    ctx)`` when it returns a new gradient (for :meth:`Strategy.before_step`)."""
+    g = flatten([p.grad for p in params], params)  # [P]
+    g_new = project(model, params, g, ctx)
+    if g_new is not None:
+        assign_grad(params, g_new)

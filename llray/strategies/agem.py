@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from llray.config_base import require
 from llray.data.stream import Task
 from llray.strategies._buffer import ReservoirBuffer
-from llray.strategies._qp import agem_project, flatten, projected_fit
+from llray.strategies._qp import agem_project, apply_projection, flatten
 from llray.strategies.base import Context, Strategy, register
 
 
@@ -105,11 +105,11 @@ class AGEM(Strategy):
         self.projections += 1
         return g_new
 
-    def train_task(self, model: nn.Module, task: Task, ctx: Context) -> None:
-        if self.buffer is None:
-            self.setup(model, ctx)
-        self.buffer.to(ctx.device)
-        projected_fit(self, model, task.x_train, task.y_train, task.id, task, ctx, self.project)
+    def before_task(self, model: nn.Module, task: Task, ctx: Context) -> None:
+        self.setup(model, ctx)  # the buffer exists and lives on the run's device
+
+    def before_step(self, model: nn.Module, params: list[nn.Parameter], ctx: Context) -> None:
+        apply_projection(self.project, model, params, ctx)
 
     def after_task(self, model: nn.Module, task: Task, ctx: Context) -> None:
         if self.buffer is None:

@@ -154,14 +154,20 @@ class Strategy:
         """Called after training on ``task`` (consolidation, buffer update, ...)."""
 
     def train_task(self, model: nn.Module, task: Task, ctx: Context) -> None:
-        """Minibatch training on ``task`` with :meth:`loss`; raises Diverged on NaN."""
+        """Minibatch training on ``task`` with :meth:`loss` (:meth:`fit`); Diverged on NaN."""
         self.fit(model, task.x_train, task.y_train, task.id, task, ctx)
 
     def fit(
         self, model: nn.Module, x: Tensor, y: Tensor, t: int | Tensor, task: Task, ctx: Context
     ) -> None:
-        """``train.epochs`` epochs of minibatch steps on ``self.loss`` over (x, y, t)."""
-        opt = ctx.optimizer(model.parameters())
+        """``train.epochs`` epochs of minibatch steps on ``self.loss`` over (x, y, t).
+
+        Only parameters with ``requires_grad`` are optimised (frozen ones are never
+        touched, not even by weight decay or momentum); :meth:`before_step` sees each
+        step's gradients before the optimizer applies them.
+        """
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = ctx.optimizer(params)
         per_sample_t = isinstance(t, Tensor)
         for _ in range(ctx.train.epochs):
             total = torch.zeros((), device=ctx.device)
@@ -170,10 +176,15 @@ class Strategy:
                 loss = self.loss(model, Batch(x[idx], y[idx], bt), task, ctx)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                self.before_step(model, params, ctx)
                 opt.step()
                 total += loss.detach()
             ctx.samples_trained += len(y)
             ctx.check_finite(total)
+
+    def before_step(self, model: nn.Module, params: list[nn.Parameter], ctx: Context) -> None:
+        """Called in :meth:`fit` after ``loss.backward()``, before the optimizer step; may
+        rewrite the trained ``params``' ``.grad`` (A-GEM/GEM project it). Default: nothing."""
 
     def predict(self, model: nn.Module, x: Tensor, t: int, ctx: Context) -> Tensor:
         """Scores [N, C] for evaluation on task ``t``; argmax is the prediction."""

@@ -36,7 +36,7 @@ from torch.func import functional_call, grad, vmap
 
 from llray.config_base import require
 from llray.data.stream import Task
-from llray.strategies._qp import gem_project, projected_fit
+from llray.strategies._qp import apply_projection, gem_project
 from llray.strategies.base import Context, Strategy, register
 
 
@@ -133,9 +133,11 @@ class GEM(Strategy):
         self.projections += 1
         return g_new
 
-    def train_task(self, model: nn.Module, task: Task, ctx: Context) -> None:
+    def before_task(self, model: nn.Module, task: Task, ctx: Context) -> None:
         self._to(ctx.device)
-        projected_fit(self, model, task.x_train, task.y_train, task.id, task, ctx, self.project)
+
+    def before_step(self, model: nn.Module, params: list[nn.Parameter], ctx: Context) -> None:
+        apply_projection(self.project, model, params, ctx)
 
     def after_task(self, model: nn.Module, task: Task, ctx: Context) -> None:
         """Store ``memory_per_task`` random training samples of the task."""

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from llray.config_base import require
 from llray.data.stream import Task
-from llray.strategies.base import MASKED, Context, Strategy, register
+from llray.strategies.base import MASKED, Batch, Context, Strategy, register
 
 
 @dataclass(frozen=True)
@@ -202,6 +202,7 @@ class GenerativeReplay(Strategy):
         self.old_classes: Tensor | None = None  # [C] bool: classes of the tasks learned
         self.class_task: Tensor | None = None  # [C] task id owning each class (task-IL)
         self.tasks_learned = 0
+        self._g: torch.Generator | None = None  # the current task's replay generator
 
     def setup(self, model: nn.Module, ctx: Context) -> nn.Module:
         dim = math.prod(ctx.stream_info.input_shape)
@@ -236,9 +237,9 @@ class GenerativeReplay(Strategy):
         return torch.Generator(device=ctx.device).manual_seed(seed)
 
     def train_task(self, model: nn.Module, task: Task, ctx: Context) -> None:
-        g = self._device_generator(ctx)
-        self._train_solver(model, task, ctx, g)
-        self._train_generator(task, ctx, g)
+        self._g = self._device_generator(ctx)  # replays of this task's steps, then the GAN/VAE
+        self.fit(model, task.x_train, task.y_train, task.id, task, ctx)
+        self._train_generator(task, ctx, self._g)
 
     def _replay(self, n: int, task: Task, ctx: Context, g: torch.Generator):
         """``n`` generated inputs with the previous solver's targets and task ids."""
@@ -250,23 +251,14 @@ class GenerativeReplay(Strategy):
         t = self.class_task[y] if ctx.scenario == "task" else task.id
         return x, y, t, old
 
-    def _train_solver(self, model: nn.Module, task: Task, ctx: Context, g) -> None:
-        opt = ctx.optimizer(model.parameters())
+    def loss(self, model: nn.Module, batch: Batch, task: Task, ctx: Context) -> Tensor:
+        """``r · CE(current batch) + (1 − r) · loss on replays of the earlier tasks``."""
+        loss = F.cross_entropy(ctx.logits(model, batch.x, batch.t), batch.y)
+        if self.prev_generator is None:
+            return loss
         r = self._ratio()
         nb = self.config.replay_batch_size or ctx.train.batch_size
-        x, y = task.x_train, task.y_train
-        for _ in range(ctx.train.epochs):
-            total = torch.zeros((), device=ctx.device)
-            for idx in ctx.batches(len(y)):
-                loss = F.cross_entropy(ctx.logits(model, x[idx], task.id), y[idx])
-                if self.prev_generator is not None:
-                    loss = r * loss + (1 - r) * self._replay_loss(model, task, ctx, g, nb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.detach()
-            ctx.samples_trained += len(y)
-            ctx.check_finite(total)
+        return r * loss + (1 - r) * self._replay_loss(model, task, ctx, self._g, nb)
 
     def _replay_loss(self, model, task, ctx, g, n: int) -> Tensor:
         xr, yr, tr, old = self._replay(n, task, ctx, g)

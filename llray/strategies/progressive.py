@@ -18,7 +18,7 @@ from llray.config_base import require
 from llray.data.stream import Task
 from llray.errors import ConfigError
 from llray.models import hidden_widths, is_mlp
-from llray.strategies.base import Batch, Context, Strategy, register
+from llray.strategies.base import Context, Strategy, register
 
 
 @dataclass(frozen=True)
@@ -180,21 +180,6 @@ class Progressive(Strategy):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model.add_column(task.classes)
-
-    def train_task(self, model: nn.Module, task: Task, ctx: Context) -> None:
-        """Minibatch training of the new column only (frozen columns are not in the optimizer)."""
-        opt = ctx.optimizer([p for p in model.parameters() if p.requires_grad])
-        x, y = task.x_train, task.y_train
-        for _ in range(ctx.train.epochs):
-            total = torch.zeros((), device=ctx.device)
-            for idx in ctx.batches(len(y)):
-                loss = self.loss(model, Batch(x[idx], y[idx], task.id), task, ctx)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.detach()
-            ctx.samples_trained += len(y)
-            ctx.check_finite(total)
 
     def after_task(self, model: nn.Module, task: Task, ctx: Context) -> None:
         model.columns[-1].requires_grad_(False)
