@@ -1,13 +1,12 @@
 """DER++: logits stored at insertion time, the loss formula on a hand-built buffer, the
 buffer filled during training, config errors, checkpoint round trip, beating naive."""
 
-import io
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from helpers import roundtrip
 from llray.data import StreamConfig, Task, TaskStream, make_stream
 from llray.errors import ConfigError
 from llray.learner import LifelongRun, run_stream
@@ -145,10 +144,7 @@ def test_checkpoint_round_trip_resumes_to_the_same_R(digits):
     full = run_stream(digits, mlp(digits), make_strategy("derpp", params), train, seed=2)
     first = LifelongRun(digits, mlp(digits), make_strategy("derpp", params), train, seed=2)
     first.learn_next()
-    buf = io.BytesIO()
-    torch.save(first.state_dict(), buf)
-    buf.seek(0)
-    state = torch.load(buf, weights_only=True)
+    state = roundtrip(first.state_dict())
     assert state["strategy"]["logits"].shape == (100, 10)
     resumed = LifelongRun(digits, mlp(digits), make_strategy("derpp", params), train, seed=2)
     resumed.load_state_dict(state)

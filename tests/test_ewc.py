@@ -1,14 +1,13 @@
 """EWC: Fisher (torch.func vs a per-sample loop), merged penalty, online EWC, configs,
 checkpoints, and that it forgets less than naive fine-tuning on permuted digits."""
 
-import io
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import roundtrip
 from llray.data import StreamConfig, Task, TaskStream, make_stream
 from llray.errors import ConfigError
 from llray.learner import LifelongRun, run_stream
@@ -254,12 +253,6 @@ def test_direct_config_checks_too():
 
 
 # -- checkpoints -----------------------------------------------------------------------------
-def roundtrip(state):
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
 
 @pytest.mark.parametrize("online", [False, True])
 def test_state_dict_roundtrip_gives_identical_penalty(online):

@@ -1,13 +1,12 @@
 """Model expansion: progressive networks (zero forgetting), Net2Net, the expand strategy."""
 
 import copy
-import io
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import split_digits
+from helpers import roundtrip, split_digits
 from llray.data import Task, TaskStream
 from llray.errors import ConfigError
 from llray.learner import LifelongRun
@@ -65,11 +64,8 @@ def test_progressive_columns_are_restored_from_a_checkpoint(task_stream):
     a = LifelongRun(s, mlp(s), make_strategy("progressive"), TRAIN, seed=1)
     a.start()
     a.learn_next(), a.learn_next()
-    buf = io.BytesIO()
-    torch.save(a.state_dict(), buf)
-    buf.seek(0)
     b = LifelongRun(s, mlp(s), make_strategy("progressive"), TRAIN, seed=1)
-    b.load_state_dict(torch.load(buf, weights_only=True))
+    b.load_state_dict(roundtrip(a.state_dict()))
     while not a.done:
         a.learn_next(), b.learn_next()
     np.testing.assert_array_equal(a.R, b.R)
@@ -140,11 +136,8 @@ def test_expand_schedule_and_resume(task_stream):
     a.start()
     a.learn_next(), a.learn_next(), a.learn_next()
     assert hidden_widths(a.model) == (40,)  # grew once: before the 3rd task
-    buf = io.BytesIO()
-    torch.save(a.state_dict(), buf)
-    buf.seek(0)
     b = LifelongRun(s, mlp(s), make_strategy("expand", cfg), TrainConfig(epochs=1), seed=0)
-    b.load_state_dict(torch.load(buf, weights_only=True))
+    b.load_state_dict(roundtrip(a.state_dict()))
     assert hidden_widths(b.model) == (40,)
     while not a.done:
         a.learn_next(), b.learn_next()

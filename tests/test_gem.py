@@ -1,7 +1,6 @@
 """GEM and A-GEM: the projections (against brute force and scipy), the gradients applied
 in training, memories, config errors, checkpoint round trips, runs that beat naive."""
 
-import io
 import itertools
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 
 import llray.strategies.agem as agem_mod
 import llray.strategies.gem as gem_mod
+from helpers import roundtrip
 from llray.data import StreamConfig, Task, TaskStream, make_stream
 from llray.errors import ConfigError
 from llray.learner import LifelongRun, run_stream
@@ -226,10 +226,7 @@ def test_checkpoint_round_trip_resumes_to_the_same_R(digits, name, params):
     full = run_stream(digits, mlp(digits), make_strategy(name, params), train, seed=1)
     first = LifelongRun(digits, mlp(digits), make_strategy(name, params), train, seed=1)
     first.learn_next()
-    buf = io.BytesIO()
-    torch.save(first.state_dict(), buf)
-    buf.seek(0)
-    state = torch.load(buf, weights_only=True)
+    state = roundtrip(first.state_dict())
     resumed = LifelongRun(digits, mlp(digits), make_strategy(name, params), train, seed=1)
     resumed.load_state_dict(state)
     while not resumed.done:

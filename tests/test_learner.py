@@ -1,12 +1,11 @@
 """The learner: R layout, order, determinism, divergence, exact resume from a checkpoint."""
 
-import io
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import roundtrip
 from llray.data import StreamConfig, Task, TaskStream, make_stream
 from llray.learner import LifelongRun, check_order, run_stream
 from llray.models import ModelConfig, build_model
@@ -67,10 +66,7 @@ def test_resume_from_checkpoint_gives_identical_r(stream, name):
     run = LifelongRun(stream, model_for(stream), make_strategy(name), TRAIN, seed=7)
     run.start()
     run.learn_next()
-    buf = io.BytesIO()
-    torch.save(run.state_dict(), buf)
-    buf.seek(0)
-    state = torch.load(buf, weights_only=True)
+    state = roundtrip(run.state_dict())
     # a new process would build a fresh model with another init; the state overrides it
     resumed = LifelongRun(stream, model_for(stream, 99), make_strategy(name), TRAIN, seed=7)
     resumed.load_state_dict(state)

@@ -1,13 +1,12 @@
 """SI, MAS and LwF: importances and distillation targets against hand computations on
 tiny linear models, config errors, checkpoint round trips, short runs on permuted digits."""
 
-import io
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from helpers import roundtrip
 from llray.data import StreamConfig, Task, TaskStream, make_stream
 from llray.errors import ConfigError
 from llray.learner import LifelongRun, run_stream
@@ -39,13 +38,6 @@ def ce_grad(W, x, y):
     p = softmax(x @ W.T)
     p[np.arange(len(y)), y] -= 1
     return p.T @ x / len(y)
-
-
-def to_bytes_and_back(state):
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
 
 
 # -- SI ------------------------------------------------------------------------------------
@@ -224,7 +216,7 @@ def test_checkpoint_round_trip_resumes_to_the_same_R(digits, name, params):
 
     first = LifelongRun(digits, mlp(digits), make_strategy(name, params), train, seed=3)
     first.learn_next()
-    state = to_bytes_and_back(first.state_dict())
+    state = roundtrip(first.state_dict())
     resumed = LifelongRun(digits, mlp(digits), make_strategy(name, params), train, seed=3)
     resumed.load_state_dict(state)
     while not resumed.done:

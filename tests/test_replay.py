@@ -1,7 +1,6 @@
 """Replay: the reservoir buffer (bounded, exactly Algorithm R, uniform), the ER loss,
 configs, checkpoints, and that replay beats naive fine-tuning on permuted digits."""
 
-import io
 import math
 
 import numpy as np
@@ -10,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import llray.strategies._buffer as bufmod
+from helpers import roundtrip
 from llray.data import StreamConfig, Task, TaskStream, make_stream
 from llray.errors import ConfigError
 from llray.learner import LifelongRun, run_stream
@@ -152,12 +152,6 @@ def test_sample_draws_from_filled_part_with_generator():
     assert torch.equal(a.y, b.y) and set(a.y.tolist()) == {0, 1, 2, 3}
     assert torch.equal(a.x.squeeze(1).long(), a.y) and (a.t == 2).all()
 
-
-def roundtrip(state):
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
 
 
 def test_buffer_state_dict_roundtrip():

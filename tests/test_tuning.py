@@ -7,6 +7,7 @@ import optuna
 import pytest
 import yaml
 
+from helpers import roundtrip
 from llray import metrics
 from llray.cli import main
 from llray.errors import ConfigError
@@ -212,10 +213,6 @@ def test_optuna_only_options_are_refused_for_the_tune_backend(tmp_path):
 
 
 def test_a_trial_restored_from_its_checkpoint_ends_with_the_uninterrupted_R():
-    import io
-
-    import torch
-
     from llray.tuning.trial import Trial
 
     study = parse_spec(spec(search={"order": "permutation"}, train={"epochs": 1}))
@@ -225,11 +222,9 @@ def test_a_trial_restored_from_its_checkpoint_ends_with_the_uninterrupted_R():
         full.learn_next()
     first = Trial(study, params)
     first.learn_next()
-    buf = io.BytesIO()
-    torch.save(first.state_dict(), buf)  # what the Tune trainable checkpoints per task
-    buf.seek(0)
     resumed = Trial(study, params)
-    resumed.load_state_dict(torch.load(buf, weights_only=True))
+    # what the Tune trainable checkpoints per task
+    resumed.load_state_dict(roundtrip(first.state_dict()))
     calls = 0
     while not resumed.done:
         last = resumed.learn_next()
