@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from llray.commands._common import add_ray_output_arguments, output_dir
 from llray.errors import ConfigError
 
 NAME = "curriculum"
@@ -21,8 +21,7 @@ HELP = "compare task orders (identity, random, taskonomy, tuned) on one stream a
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment YAML: its stream, model, training and seeds")
-    p.add_argument("--output", help="results directory (default: results/EXPERIMENT)")
-    p.add_argument("--address", help="Ray cluster address ('auto' inside a Ray job)")
+    add_ray_output_arguments(p)
     p.add_argument("--strategy", help="label of the config strategy to use (default: the first)")
     p.add_argument("--random", type=int, default=5, metavar="K",
                    help="how many random orders (default 5)")
@@ -30,7 +29,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                    "every study there that searched the order)")
     p.add_argument("--no-taskonomy", action="store_true",
                    help="do not compute the taskonomy orders when OUTPUT has none")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray")
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -45,7 +43,7 @@ def execute(args: argparse.Namespace) -> int:
     label = spec.strategy.display
     if args.random < 0:
         raise ConfigError("--random", f"must be >= 0, got {args.random}")
-    output = args.output or str(Path("results") / cfg.experiment)
+    output = output_dir(args, cfg.experiment)
     check_writable(output)
     stream = make_stream(cfg.stream)
     T = stream.num_tasks
@@ -72,7 +70,8 @@ def execute(args: argparse.Namespace) -> int:
 def _taskonomy(output, spec, seeds, stream, args) -> dict:
     """The taskonomy's orders: from OUTPUT when they match this config, else computed."""
     from llray import taskonomy as tx
-    from llray.commands.taskonomy import connect, report
+    from llray.commands.taskonomy import report
+    from llray.distributed.session import connect
 
     found = tx.load(output, spec.strategy.display)
     if found is not None and set(found[0]["config"]) == {tx.describe(spec, seeds)}:
@@ -90,7 +89,7 @@ def _taskonomy(output, spec, seeds, stream, args) -> dict:
 
 def _run(specs, stream, output, cfg, args) -> int:
     from llray.commands.run import checkpoint_root
-    from llray.commands.taskonomy import connect
+    from llray.distributed.session import connect
 
     connect(args.address, args.num_cpus)
     from llray.distributed.sweep import SweepOptions, run_sweep

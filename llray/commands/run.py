@@ -14,7 +14,8 @@ from pathlib import Path
 from llray.config import ExperimentConfig, RunSpec, load_config
 from llray.data import make_stream
 from llray.distributed.checkpoint import CheckpointStore, resolve
-from llray.distributed.session import alive_nodes, connect, loopback_only, storage_warnings
+from llray.commands._common import add_ray_output_arguments, output_dir
+from llray.distributed.session import alive_nodes, connect, storage_warnings
 from llray.results import check_writable, compact, finished_run_ids, load_runs
 
 NAME = "run"
@@ -24,12 +25,10 @@ EXIT_INTERRUPTED = 130
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment YAML (see jobs/)")
-    p.add_argument("--output", help="results directory (default: results/EXPERIMENT)")
-    p.add_argument("--address", help="Ray cluster address ('auto' inside a Ray job)")
+    add_ray_output_arguments(p)
     p.add_argument("--resume", action="store_true",
                    help="skip runs already in --output (except failed ones); continue the "
                         "others from their checkpoints")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray")
     p.add_argument("--max-in-flight", type=int,
                    help="learner actors alive at once (default: twice what the cluster "
                         "fits, at least 8)")
@@ -47,12 +46,11 @@ def checkpoint_root(cfg: ExperimentConfig, output: str) -> str:
 def execute(args: argparse.Namespace) -> int:
     """Check everything, then run the sweep and print the summary table."""
     cfg = load_config(args.config)
-    output = args.output or str(Path("results") / cfg.experiment)
+    output = output_dir(args, cfg.experiment)
     check_writable(output)
     ckpt = checkpoint_root(cfg, output)
     specs = _todo(cfg, output, ckpt) if args.resume else cfg.runs()
     stream = make_stream(cfg.stream)
-    loopback_only()
     connect(args.address, args.num_cpus)
     for w in storage_warnings(output, ckpt, alive_nodes()):
         print(f"llray: warning: {w}", file=sys.stderr)

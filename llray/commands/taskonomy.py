@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from llray.commands._common import add_ray_output_arguments, output_dir
 
 NAME = "taskonomy"
 HELP = "pairwise task transfer (train i then j vs j alone) on Ray, and curricula from it"
@@ -18,24 +19,23 @@ HELP = "pairwise task transfer (train i then j vs j alone) on Ray, and curricula
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment YAML: its stream, model, training and seeds")
-    p.add_argument("--output", help="results directory (default: results/EXPERIMENT)")
-    p.add_argument("--address", help="Ray cluster address ('auto' inside a Ray job)")
+    add_ray_output_arguments(p)
     p.add_argument("--strategy", help="label of the config strategy to use (default: the first)")
     p.add_argument("--score", choices=("transfer-forgetting", "transfer"),
                    default="transfer-forgetting",
                    help="what a curriculum maximises over consecutive pairs")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray")
 
 
 def execute(args: argparse.Namespace) -> int:
     from llray import taskonomy as tx
     from llray.config import load_config
     from llray.data import make_stream
+    from llray.distributed.session import connect
     from llray.results import check_writable
 
     cfg = load_config(args.config)
     spec = tx.template(cfg, args.strategy)
-    output = args.output or str(Path("results") / cfg.experiment)
+    output = output_dir(args, cfg.experiment)
     check_writable(output)
     stream = make_stream(cfg.stream)
     connect(args.address, args.num_cpus)
@@ -44,14 +44,6 @@ def execute(args: argparse.Namespace) -> int:
           f"strategy {spec.strategy.display}: {total} short runs", file=sys.stderr)
     pairs = tx.run_pairs(stream, spec, cfg.seeds, on_job=_progress)
     return report(output, spec, cfg.seeds, pairs, stream.num_tasks, args.score)
-
-
-def connect(address: str | None, num_cpus: int | None) -> None:
-    from llray.distributed.session import connect as ray_connect
-    from llray.distributed.session import loopback_only
-
-    loopback_only()
-    ray_connect(address, num_cpus)
 
 
 def _progress(job, done: int, total: int) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from llray.commands._common import add_ray_output_arguments, output_dir
 from llray.data import make_stream
 from llray.errors import ConfigError
 
@@ -15,8 +15,7 @@ HELP = "search hyperparameters and task orders of a study spec (Ray Tune + Optun
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="study spec YAML (see tuning/)")
-    p.add_argument("--output", help="results directory (default: results/STUDY)")
-    p.add_argument("--address", help="Ray cluster address ('auto' inside a Ray job)")
+    add_ray_output_arguments(p, "STUDY")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted study without rerunning finished trials")
     p.add_argument("--backend", choices=("tune", "optuna"), default="tune",
@@ -28,7 +27,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                               "those sharing the study (seeds its sampler)")
     p.add_argument("--max-trials", type=int, help="optuna backend: at most this many trials "
                                                    "from this process")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray")
     p.add_argument("--top", type=int, default=5, help="how many top trials to print")
 
 
@@ -42,7 +40,7 @@ def execute(args: argparse.Namespace) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
     study = load_spec(args.spec)
-    output = args.output or str(Path("results") / study.study)
+    output = output_dir(args, study.study)
     _check_options(args)
     if args.backend == "tune":
         from llray.distributed.session import loopback_only
