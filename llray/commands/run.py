@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from llray.config import ExperimentConfig, RunSpec, load_config
-from llray.data import make_stream
-from llray.distributed.checkpoint import CheckpointStore, resolve
 from llray.commands._common import add_ray_output_arguments, output_dir
-from llray.distributed.session import alive_nodes, connect, storage_warnings
-from llray.results import check_writable, compact, finished_run_ids, load_runs
+
+if TYPE_CHECKING:  # the command line imports every command: keep torch/Ray out of start-up
+    from llray.config import ExperimentConfig, RunSpec
 
 NAME = "run"
 HELP = "run the strategies x seeds x orders grid of an experiment config on Ray"
@@ -40,11 +39,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def checkpoint_root(cfg: ExperimentConfig, output: str) -> str:
     """The config's checkpoint location, or ``OUTPUT/checkpoints``; plain paths made absolute."""
+    from llray.distributed.checkpoint import resolve
+
     return resolve(cfg.checkpoint.path or str(Path(output) / "checkpoints"))
 
 
 def execute(args: argparse.Namespace) -> int:
     """Check everything, then run the sweep and print the summary table."""
+    from llray.config import load_config
+    from llray.data import make_stream
+    from llray.distributed.session import alive_nodes, connect, storage_warnings
+    from llray.results import check_writable, compact
+
     cfg = load_config(args.config)
     output = output_dir(args, cfg.experiment)
     check_writable(output)
@@ -77,6 +83,9 @@ def execute(args: argparse.Namespace) -> int:
 
 def _todo(cfg: ExperimentConfig, output: str, ckpt: str) -> list[RunSpec]:
     """The runs not yet in ``output`` (or written there as failed), and what they resume."""
+    from llray.distributed.checkpoint import CheckpointStore
+    from llray.results import finished_run_ids, load_runs
+
     done = finished_run_ids(output)
     failed: set[str] = set()
     if done:

@@ -6,7 +6,6 @@ import argparse
 import sys
 
 from llray.commands._common import add_ray_output_arguments, output_dir
-from llray.data import make_stream
 from llray.errors import ConfigError
 
 NAME = "tune"
@@ -32,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def execute(args: argparse.Namespace) -> int:
     """Check everything (nothing is written before), run the study, print its summary."""
+    from llray.data import make_stream
     from llray.results import check_writable
     from llray.tuning.spec import load_spec
     from llray.tuning.summary import format_summary
