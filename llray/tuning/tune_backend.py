@@ -103,9 +103,9 @@ def _save_spec(output: str | Path, study: StudySpec) -> None:
 
 def trainable(config: dict[str, Any], study: StudySpec, stream: TaskStream) -> None:
     """One Tune trial: a lifelong run that reports (and checkpoints) after every task."""
-    from llray.distributed.actor import pick_device
+    from llray.distributed.actor import pick_device, set_threads
 
-    torch.set_num_threads(max(1, int(study.resources.num_cpus)))
+    set_threads()  # torch threads = the CPUs Ray gave this trial
     trial = Trial(study, config, stream, pick_device())  # never CUDA on a fake GPU
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
