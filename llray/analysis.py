@@ -93,11 +93,7 @@ def check_files(files: Sequence[str], dataset: str = "r_matrix") -> None:
             schema = pq.read_schema(f)
         except Exception as e:  # noqa: BLE001 - any reader error means a bad file
             raise ConfigError(f, f"cannot read Parquet file ({type(e).__name__}: {e})") from None
-        problems = [f"missing column {x.name} ({x.type})" for x in expected
-                    if x.name not in schema.names]
-        problems += [f"column {x.name} is {schema.field(x.name).type}, expected {x.type}"
-                     for x in expected if x.name in schema.names
-                     and not schema.field(x.name).type.equals(x.type)]
+        problems = results.schema_problems(schema, expected)
         if problems:
             raise ConfigError(f, f"not an llray {dataset} file: " + "; ".join(problems))
 

@@ -461,8 +461,9 @@ def _experiment_of(path: str, base: str) -> str:
     return unquote(parts[0][len(prefix) :])
 
 
-def _schema_problems(actual: pa.Schema, expected: pa.Schema) -> list[str]:
-    """Why ``actual`` is not ``expected`` (names and types; nullability ignored)."""
+def schema_problems(actual: pa.Schema, expected: pa.Schema) -> list[str]:
+    """Why a file's ``actual`` schema is not ``expected`` (names and types; nullability
+    ignored); empty for an llray file. Readers of the store name a file with these."""
     names = set(actual.names)
     problems = [f"missing column {f.name} ({f.type})" for f in expected if f.name not in names]
     problems += [f"unexpected column {n}" for n in actual.names if n not in expected.names]
@@ -487,7 +488,7 @@ def _open_checked(fs: pafs.FileSystem, path: str, base: str, schema: pa.Schema) 
         raise ResultsError(path, f"cannot read Parquet file: {e}") from None
     try:
         pf = pq.ParquetFile(f)
-        problems = _schema_problems(pf.schema_arrow, expected)
+        problems = schema_problems(pf.schema_arrow, expected)
     except (OSError, pa.ArrowException) as e:
         f.close()
         raise ResultsError(path, f"cannot read Parquet file: {e}") from None
