@@ -55,6 +55,10 @@ def execute(args: argparse.Namespace) -> int:
     options = sweep_options(args, cfg)  # checks --max-in-flight
     output = output_dir(args, cfg.experiment)
     check_resources(cfg.resources, args)
+    if args.address is not None:
+        from llray.distributed.session import probe
+
+        probe(args.address)  # an unreachable cluster: exit 2 within seconds, not a hang
     check_writable(output)
     ckpt = checkpoint_root(cfg, output)
     check_checkpoints(ckpt)
