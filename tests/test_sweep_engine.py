@@ -143,15 +143,18 @@ def test_unreadable_checkpoint_is_moved_aside_and_the_run_starts_over(
     assert "could not be read" in err and "moved to" in err and spec.run_id[:12] in err
 
 
-@pytest.mark.parametrize("resources,field", [
-    ({"num_cpus": 64}, "resources.num_cpus"),
-    ({"num_cpus": 1, "num_gpus": 64}, "resources.num_gpus"),
+@pytest.mark.parametrize("command,resources,field", [
+    ("run", {"num_cpus": 64}, "resources.num_cpus"),
+    ("run", {"num_cpus": 1, "num_gpus": 64}, "resources.num_gpus"),
+    ("taskonomy", {"num_cpus": 1, "num_gpus": 64}, "resources.num_gpus"),
+    ("curriculum", {"num_cpus": 3}, "resources.num_cpus"),
 ])
 def test_unsatisfiable_resources_exit_2_naming_the_resource_with_nothing_written(
-        tmp_path, capsys, resources, field):
+        tmp_path, capsys, command, resources, field):
     job = write_job(tmp_path, resources=resources)
     out = tmp_path / "out"
-    code = cli_main(["run", job, "--output", str(out), "--num-cpus", "2", "--no-progress"])
+    code = cli_main([command, job, "--output", str(out), "--num-cpus", "2"]
+                    + (["--no-progress"] if command == "run" else []))
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith(f"llray: error: {field}:") and "no node has that much" in err

@@ -54,11 +54,7 @@ def execute(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     options = sweep_options(args, cfg)  # checks --max-in-flight
     output = output_dir(args, cfg.experiment)
-    check_resources(cfg.resources, args)
-    if args.address is not None:
-        from llray.distributed.session import probe
-
-        probe(args.address)  # an unreachable cluster: exit 2 within seconds, not a hang
+    check_cluster(cfg.resources, args)
     check_writable(output)
     ckpt = checkpoint_root(cfg, output)
     check_checkpoints(ckpt)
@@ -84,6 +80,20 @@ def sweep_options(args: argparse.Namespace, cfg: ExperimentConfig, **over) -> Sw
                         resume=getattr(args, "resume", False),
                         max_in_flight=getattr(args, "max_in_flight", None),
                         fixed_cluster=args.address is None, **over)
+
+
+def check_cluster(resources, args: argparse.Namespace) -> None:
+    """Before anything is written: resources on the embedded Ray, or a reachable --address.
+
+    Raises:
+        ConfigError: see :func:`check_resources` and
+            :func:`llray.distributed.session.probe`.
+    """
+    check_resources(resources, args)
+    if args.address is not None:
+        from llray.distributed.session import probe
+
+        probe(args.address)  # an unreachable cluster: exit 2 within seconds, not a hang
 
 
 def check_resources(resources, args: argparse.Namespace) -> None:

@@ -81,6 +81,18 @@ def describe(nodes: Sequence[Mapping[str, float]], free: Mapping[str, float],
             f"{_amounts(totals, shape)} in all, {_amounts(free, shape)} free now")
 
 
+def waiting_message(shape: Shape, waiting: int, running: int, seconds: float,
+                    demand: bool) -> str:
+    """The stated wait: what waits, for how long, for what, and what the cluster has."""
+    import ray
+
+    need = ", ".join(f"{_num(v)} {k}" for k, v in shape.items())
+    ask = " (requested from the autoscaler, if the cluster has one)" if demand else ""
+    where = describe(alive_nodes(), ray.available_resources(), shape)
+    return (f"llray: waiting {seconds:.0f} s for resources: {waiting} run(s) need {need} "
+            f"each{ask}; {running} running; the cluster has {where}")
+
+
 def alive_nodes() -> list[dict[str, float]]:
     """The total resources of each alive node of the connected Ray cluster."""
     import ray

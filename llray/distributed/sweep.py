@@ -343,14 +343,9 @@ class _Sweep:
                 self.opt.wait_message_s:
             return
         self.told = now
-        waiting = len(self.pending) + len(unplaced)
-        need = ", ".join(f"{v:g} {k}" for k, v in self.shape.items())
-        free = ray.available_resources()
-        where = capacity.describe(self.nodes, free, self.shape)
-        ask = (" (requested from the autoscaler, if the cluster has one)" if self.demand else "")
-        print(f"llray: waiting {now - self.moved:.0f} s for resources: {waiting} run(s) need "
-              f"{need} each{ask}; {len(self.slots) - len(unplaced)} running; the cluster has "
-              f"{where}", file=sys.stderr, flush=True)
+        print(capacity.waiting_message(self.shape, len(self.pending) + len(unplaced),
+                                       len(self.slots) - len(unplaced), now - self.moved,
+                                       bool(self.demand)), file=sys.stderr, flush=True)
 
     # -- one run on one slot -------------------------------------------------------------
     def _call(self, r: _Run, kind: str, ref: ray.ObjectRef) -> None:
