@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 # Ray binds to 127.0.0.1 only (as on macOS) when this is 0; see README "Security".
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 # constraints.txt pins a CPU-sized torch for development; pyproject keeps a range for GPUs.
+# The cluster extra (Ray's job API and dashboard) is installed too: tests/test_submit.py
+# starts a local `ray start --head` and submits jobs to it.
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test install bench clean
@@ -12,7 +14,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[cluster,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
