@@ -55,12 +55,25 @@ def execute(args: argparse.Namespace) -> int:
         _optuna(study, output, stream, args)
     print(format_summary(study, records, args.top))
     print(f"results: {output}")
+    print(_how_to_open(study, output, args))
     ended = [r for r in records if r.status != "running"]
     if args.backend == "tune" and len(ended) < study.num_trials:
         print(f"study interrupted after {len(ended)} of {study.num_trials} trials; continue "
               f"with: llray tune {args.spec} --output {output} --resume", file=sys.stderr)
         return 1
     return 1 if any(r.status == "failed" for r in records) else 0
+
+
+def _how_to_open(study, output: str, args: argparse.Namespace) -> str:
+    from llray.tuning.summary import how_to_open
+
+    if args.backend == "tune":
+        from llray.tuning.tune_backend import study_dir
+
+        return how_to_open(study, "tune", study_dir(output, study))
+    from llray.tuning.optuna_backend import default_storage
+
+    return how_to_open(study, "optuna", args.storage or default_storage(output, study))
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -88,7 +101,8 @@ def _optuna(study, output: str, stream, args: argparse.Namespace) -> list:
     storage = args.storage or default_storage(output, study)
 
     def progress(record) -> None:
-        values = " ".join(f"{o}={v:.4f}" for o, v in record.objectives.items())
+        shown = record.objectives or {f"{o}_seen": v for o, v in record.seen.items()}
+        values = " ".join(f"{o}={v:.4f}" for o, v in shown.items())
         print(f"trial {record.trial}: {record.status} after {record.tasks_learned} tasks "
               f"{values}", file=sys.stderr, flush=True)
 

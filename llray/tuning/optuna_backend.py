@@ -33,7 +33,7 @@ import torch
 from llray.data import TaskStream, make_stream
 from llray.tuning.spec import StudySpec
 from llray.tuning.summary import TrialRecord
-from llray.tuning.trial import Trial, jsonable, r_from_json, write_trial
+from llray.tuning.trial import Trial, jsonable, r_from_json, seen_name, write_trial
 
 COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
            optuna.trial.TrialState.RUNNING)
@@ -139,7 +139,7 @@ def run_one(ostudy: optuna.Study, study: StudySpec, stream: TaskStream,
         while not trial.done:
             m = trial.learn_next()
             if study.scheduler is not None and m["status"] == "ok":
-                ot.report(m[study.objectives[0]], m["tasks_learned"])
+                ot.report(m[seen_name(study.objectives[0])], m["tasks_learned"])
                 if trial.step < study.num_tasks and ot.should_prune():
                     pruned = True
                     break
@@ -150,17 +150,20 @@ def run_one(ostudy: optuna.Study, study: StudySpec, stream: TaskStream,
     status = "stopped" if pruned else report["status"]
     for key in ("status", "tasks_learned", "R", "run_id", "order", "wall_s"):
         ot.set_user_attr(key, report[key] if key != "status" else status)
-    ot.set_user_attr("objectives", {o: report[o] for o in study.objectives})
+    final = {o: float(report[o]) for o in study.objectives if o in report}
+    seen = {o: float(report[seen_name(o)]) for o in study.objectives}
+    ot.set_user_attr("objectives", final)  # final metrics: only of a trial that finished
+    ot.set_user_attr("seen", seen)
     if pruned:
         ostudy.tell(ot, state=optuna.trial.TrialState.PRUNED)
     else:
-        ostudy.tell(ot, [float(report[o]) for o in study.objectives])
+        ostudy.tell(ot, [final[o] for o in study.objectives])
     if output is not None:
         write_trial(str(output), study, ot.params, report, stream.benchmark, stream.scenario,
                     status)
     return TrialRecord(str(ot.number), jsonable(trial.values), status, report["tasks_learned"],
-                       {o: float(report[o]) for o in study.objectives}, r_from_json(report["R"]),
-                       report["run_id"], {"order": report["order"], "wall_s": report["wall_s"]})
+                       final, r_from_json(report["R"]), report["run_id"],
+                       {"order": report["order"], "wall_s": report["wall_s"]}, seen)
 
 
 def records(ostudy: optuna.Study, study: StudySpec) -> list[TrialRecord]:
@@ -185,7 +188,9 @@ def _record(study: StudySpec, t: optuna.trial.FrozenTrial) -> TrialRecord:
         values=values,
         status=status,
         tasks_learned=int(attrs.get("tasks_learned", 0)),
-        objectives={k: float(v) for k, v in attrs.get("objectives", {}).items()},
+        objectives={k: float(v) for k, v in attrs.get("objectives", {}).items()
+                    if status != "stopped"},  # older studies kept a stopped trial's last
+        seen={k: float(v) for k, v in attrs.get("seen", {}).items()},
         R=r_from_json(attrs["R"]) if "R" in attrs else None,
         run_id=attrs.get("run_id", ""),
         extra={"order": attrs.get("order"), "wall_s": attrs.get("wall_s")},
