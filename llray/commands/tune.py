@@ -16,7 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="study spec YAML (see tuning/)")
     add_ray_output_arguments(p, "STUDY")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted study without rerunning finished trials")
+                   help="continue an interrupted study without rerunning finished trials (the "
+                        "optuna backend: add trials to the existing study); without it a "
+                        "study name that OUTPUT already holds is refused")
     p.add_argument("--backend", choices=("tune", "optuna"), default="tune",
                    help="tune: Ray Tune + OptunaSearch (default); optuna: plain Optuna, "
                         "one trial at a time, on a storage several processes can share")
@@ -42,6 +44,10 @@ def execute(args: argparse.Namespace) -> int:
     study = load_spec(args.spec)
     output = output_dir(args, study.study)
     _check_options(args)
+    from llray.tuning.guard import check_name
+
+    check_name(output, study, args.backend, args.resume, args.storage,
+               joining=args.worker is not None)
     if args.backend == "tune":
         from llray.distributed.session import loopback_only
 

@@ -57,14 +57,17 @@ def make_storage(storage: str | None) -> Any:
     return JournalStorage(JournalFileBackend(storage))
 
 
-def sampler_seed(seed: int, worker: int | None) -> int:
+def sampler_seed(seed: int, worker: int | None, existing: int = 0) -> int:
     """The sampler seed of one process: ``seed`` mixed with its worker number.
 
     Processes sharing a study must not draw the same points; without an explicit
-    ``worker`` the process id is used (so such a process is not reproducible).
+    ``worker`` the process id is used (so such a process is not reproducible). A process
+    that continues a study holding ``existing`` trials mixes that in too, so that it does
+    not redraw the points the study began with.
     """
     worker = os.getpid() if worker is None else worker
-    return int(np.random.SeedSequence([seed, worker]).generate_state(1)[0])
+    entropy = [seed, worker] + ([existing] if existing else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def open_study(
@@ -85,6 +88,9 @@ def open_study(
         directions=study.directions,
         load_if_exists=True,
     )
+    existing = len(ostudy.get_trials(deepcopy=False))
+    if existing:  # continued: not the same draws as the process that began it
+        ostudy.sampler = study.sampler.build(sampler_seed(study.seed, worker, existing))
     for point in study.enqueue:
         ostudy.enqueue_trial(dict(point), skip_if_exists=True)
     return ostudy
