@@ -29,6 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-trials", type=int, help="optuna backend: at most this many trials "
                                                    "from this process")
     p.add_argument("--top", type=int, default=5, help="how many top trials to print")
+    p.add_argument("--confirm", type=int, metavar="K",
+                   help="re-run the best configuration and the baseline (the first enqueue "
+                        "point) on K seeds the study never used, with intervals and a paired "
+                        "test (default: the spec's confirm, 0 = none)")
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -60,6 +64,10 @@ def execute(args: argparse.Namespace) -> int:
     records = _tune(study, output, stream, args) if args.backend == "tune" else \
         _optuna(study, output, stream, args)
     print(format_summary(study, records, args.top))
+    confirm = study.confirm if args.confirm is None else args.confirm
+    done = [r for r in records if r.status != "running"]
+    if confirm and len(done) >= study.num_trials and args.worker in (None, 0):
+        _confirm(study, records, confirm, output, stream)
     print(f"results: {output}")
     print(_how_to_open(study, output, args))
     ended = [r for r in records if r.status != "running"]
@@ -68,6 +76,19 @@ def execute(args: argparse.Namespace) -> int:
               f"with: llray tune {args.spec} --output {output} --resume", file=sys.stderr)
         return 1
     return 1 if any(r.status == "failed" for r in records) else 0
+
+
+def _confirm(study, records, k: int, output: str, stream) -> None:
+    from llray.tuning.confirm import format_confirm, run_confirm
+
+    def progress(c, seed, res) -> None:
+        print(f"confirm {c.role}: seed {seed} {res.status}", file=sys.stderr, flush=True)
+
+    import torch
+
+    torch.set_num_threads(max(1, int(study.resources.num_cpus)))  # runs in this process
+    print(f"confirming on {k} fresh seeds", file=sys.stderr, flush=True)
+    print(format_confirm(study, run_confirm(study, records, k, output, stream, progress)))
 
 
 def _how_to_open(study, output: str, args: argparse.Namespace) -> str:
@@ -89,6 +110,8 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.backend == "optuna" and args.address:
         raise ConfigError("--address", "the optuna backend does not use Ray; share a "
                                        "--storage between processes instead")
+    if args.confirm is not None and args.confirm < 0:
+        raise ConfigError("--confirm", f"must be >= 0 (0: no confirmation), got {args.confirm}")
     if args.max_trials is not None and args.max_trials < 1:
         raise ConfigError("--max-trials", f"must be >= 1, got {args.max_trials}")
 
