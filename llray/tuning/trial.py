@@ -208,7 +208,8 @@ def write_trial(
     if status == "stopped" and _finished_in_store(output, study.study, spec.run_id):
         return False
 
-    config = {**spec.config_dict(), "tuning": {"study": study.study, "params": jsonable(values)}}
+    tuning = {"study": study.study, "params": jsonable(values), "log_keys": log_keys(study)}
+    config = {**spec.config_dict(), "tuning": tuning}
     meta = RunMeta(
         run_id=spec.run_id,
         experiment=study.study,
@@ -223,6 +224,12 @@ def write_trial(
     )
     write_run(output, meta, result_from_report(report, status))
     return True
+
+
+def log_keys(study: StudySpec) -> list[str]:
+    """The searched keys sampled on a log scale (``loguniform``, ``logint``): plots of the
+    study draw them on log axes."""
+    return [d.key for d in study.space.dims if d.kind in ("loguniform", "logint")]
 
 
 def _finished_in_store(output: str, study: str, run_id: str) -> bool:
