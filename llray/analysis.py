@@ -614,13 +614,22 @@ def summary(
     metrics: Sequence[str] = ("acc", "bwt", "fwt"),
     confidence: float = 0.95,
     engine: str = "auto",
+    per_experiment: bool = True,
 ) -> pd.DataFrame:
     """:func:`run_metrics` then :func:`summarize`; ``by`` may name study parameters.
 
+    Groups are also split by ``experiment`` (its first column) unless
+    ``per_experiment=False``: one results directory may hold a sweep, a study, and the
+    curriculum's runs (experiment ``<name>-curriculum``) of the same strategy, which are
+    different experiments and are not averaged together unless asked.
+
     Example:
         summary("results/ewc_lambda", by=["ewc.lambda_"])
+        summary("results/quickstart", by=["strategy"], per_experiment=False)  # pooled
     """
     by = [by] if isinstance(by, str) else list(by)
+    if per_experiment and "experiment" not in by:
+        by = ["experiment", *by]
     params = [b for b in by if b not in RUN_COLUMNS and b not in METRICS]
     need = list(dict.fromkeys([*metrics, "acc"]))
     return summarize(run_metrics(output, params, need, engine), by, metrics, confidence)

@@ -47,6 +47,9 @@ from llray import analysis
 from llray.errors import ConfigError
 
 BOUNDS = {"naive": "lower", "joint": "upper"}
+CONFIRM = "-confirm"  # experiment of a study's confirmation runs (llray.tuning.confirm)
+MIN_IMPORTANCE_TRIALS = 10  # fANOVA on fewer finished trials is noise
+FANOVA_TREES = 32  # half of Optuna's default (64), for speed
 _BAR_METRICS = ("acc", "bwt", "fwt")
 _COLORS = {"lower": "#d62728", "upper": "#2ca02c", "": "#1f77b4"}
 
@@ -110,8 +113,13 @@ def build(output: str | Path, dpi: int = 100) -> list[Section]:
     full_runs = _full_runs(output)
     table = summary_table(full_runs) if not full_runs.empty else pd.DataFrame()
     sections = []
+    experiments = set(per_run["experiment"])
     for exp, group in per_run.groupby("experiment", sort=True):
-        study = bool(group["study"].notna().any())
+        roles = _confirm_roles(runs, exp)
+        if roles is not None:  # llray tune --confirm: best and baseline apart
+            group = group.assign(strategy=group["run_id"].map(roles).fillna(group["strategy"]))
+            mean = _relabelled_mean(output, mean, exp, roles)
+        study = bool(group["study"].notna().any()) and roles is None
         sec = Section(exp, study, table[table["experiment"] == exp] if len(table) else table)
         kept = group[~group["status"].isin(["stopped"])]  # mean_r leaves them out too
         if len(kept) < len(group):
@@ -121,11 +129,47 @@ def build(output: str | Path, dpi: int = 100) -> list[Section]:
         if len(kept):
             sec.figures += _heatmaps(exp, kept, mean[mean["experiment"] == exp], dpi)
             sec.figures += _curves(exp, kept, mean[mean["experiment"] == exp], dpi)
-        sec.figures += _bars(exp, group, sec.notes, dpi)
+        confirmed = study and exp + CONFIRM in experiments
+        if confirmed:
+            sec.notes.append(f"{exp}: the best configuration and the baseline re-run on fresh "
+                             f"seeds are in section {exp + CONFIRM} (means and intervals over "
+                             f"seeds); no bars over this study's configurations.")
+        else:
+            sec.figures += _bars(exp, group, sec.notes, dpi, over_configs=study)
         if study:
             sec.figures += _study_figures(output, exp, group, runs, sec.notes, dpi)
         sections.append(sec)
     return sorted(sections, key=lambda sec: (sec.study, sec.experiment))  # studies last
+
+
+def _confirm_roles(runs: pd.DataFrame, exp: str) -> dict[str, str] | None:
+    """run id -> "<strategy> (best)" / "(baseline)" for a confirmation experiment, else None."""
+    if not exp.endswith(CONFIRM):
+        return None
+    roles = {}
+    for r in runs[runs["experiment"] == exp].itertuples(index=False):
+        try:
+            role = (json.loads(r.config).get("tuning") or {}).get("confirm")
+        except (TypeError, ValueError, AttributeError):
+            role = None
+        if role:
+            roles[r.run_id] = f"{r.strategy} ({role})"
+    return roles or None
+
+
+def _relabelled_mean(output: str | Path, mean: pd.DataFrame, exp: str,
+                     roles: dict[str, str]) -> pd.DataFrame:
+    """Mean R of a confirmation experiment per role instead of per strategy."""
+    from llray.results import load_r_matrix
+
+    r = load_r_matrix(output, columns=["run_id", "step", "eval_pos", "accuracy"],
+                      experiment=exp)
+    r = r[r["run_id"].isin(list(roles)) & np.isfinite(r["accuracy"])]
+    r["strategy"] = r["run_id"].map(roles)
+    r["num_tasks"] = r.groupby("run_id")["eval_pos"].transform("max").astype("int32")
+    g = r.groupby(["strategy", "num_tasks", "step", "eval_pos"])["accuracy"]
+    cells = g.agg(accuracy="mean", n="count").reset_index().assign(experiment=exp)
+    return pd.concat([mean[mean["experiment"] != exp], cells], ignore_index=True)
 
 
 def _full_runs(output: str | Path) -> pd.DataFrame:
@@ -247,9 +291,19 @@ def _cmap(T: int) -> Any:
     return lambda j: base(j % base.N)
 
 
-def _bars(exp: str, group: pd.DataFrame, notes: list[str], dpi: int) -> list[Figure]:
+def _bars(exp: str, group: pd.DataFrame, notes: list[str], dpi: int,
+          over_configs: bool = False) -> list[Figure]:
+    """ACC/BWT/FWT per strategy. Over runs of one configuration (seeds): mean and t-interval.
+    ``over_configs`` (a study's trials, each its own configuration): mean, and the range
+    (min to max) over configurations, which is not a confidence interval."""
     strategies = _strategies(group)
     stats = analysis.summarize(group, by="strategy", metrics=_BAR_METRICS).set_index("strategy")
+    if over_configs:
+        ok = group[group["status"].isin(["ok"]) | group["status"].isna()]
+        spread = ok.groupby("strategy")[list(_BAR_METRICS)].agg(["min", "max"])
+        for m in _BAR_METRICS:
+            stats[f"{m}_ci_low"] = spread[(m, "min")].reindex(stats.index)
+            stats[f"{m}_ci_high"] = spread[(m, "max")].reindex(stats.index)
     bound = dict(zip(group["strategy"], group["bound"]))
     fig = _new_figure(3 * max(2.4, 0.5 * len(strategies) + 1.0), 3.2)
     axes = fig.subplots(1, 3)
@@ -268,7 +322,7 @@ def _bars(exp: str, group: pd.DataFrame, notes: list[str], dpi: int) -> list[Fig
                            label=f"{'naive (lower)' if b == 'lower' else 'joint (upper)'}")
         ax.axhline(0, color="black", lw=0.6)
         ax.set_xticks(x, strategies, rotation=30, ha="right", fontsize=8)
-        ax.set_title(m.upper(), fontsize=10)
+        ax.set_title(m.upper() + (" over configurations" if over_configs else ""), fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
@@ -279,6 +333,12 @@ def _bars(exp: str, group: pd.DataFrame, notes: list[str], dpi: int) -> list[Fig
     caption = ("ACC, BWT and FWT per strategy: mean over runs with a Student-t 95% interval "
                "(runs that diverged, failed or were stopped early are left out); dashed lines: "
                "the naive and joint bounds.")
+    if over_configs:
+        n = int((group["status"].isin(["ok"]) | group["status"].isna()).sum())
+        caption = (f"ACC, BWT and FWT over the study's {n} finished configurations (each trial "
+                   "its own hyperparameters): the mean over configurations and the range from "
+                   "the worst to the best, not a confidence interval; run llray tune --confirm "
+                   "K to measure the best configuration on fresh seeds.")
     if missing:
         note = f"{exp}: no {' and no '.join(missing)} runs, so that reference line is missing."
         notes.append(note)
@@ -306,51 +366,110 @@ def _study_figures(output: str | Path, exp: str, group: pd.DataFrame, runs: pd.D
     if not keys:
         return []
     trials = analysis.add_params(group, keys, group["run_id"].map(configs))
-    out = [_param_plot(exp, trials, keys, dpi)]
+    fig = param_figure(exp, trials, keys, study_log_keys(configs))
+    stopped = int(trials["status"].isin(["stopped"]).sum()) if "status" in trials else 0
+    finished = int(np.isfinite(trials["acc"]).sum())
+    hidden = f", {stopped} stopped early and not shown" if stopped else ""
+    caption = (f"Study {exp}: each searched parameter against ACC and BWT, one dot per "
+               f"finished trial ({finished} of {len(trials)} trials{hidden}; circled: the best "
+               f"ACC). Log-uniform parameters on log axes; orders sorted by ACC, best first.")
+    out = [Figure(_slug(exp, "params"), "params", exp, caption, _png(fig, dpi))]
+    if finished < MIN_IMPORTANCE_TRIALS:
+        notes.append(f"{exp}: parameter importances need at least {MIN_IMPORTANCE_TRIALS} "
+                     f"finished trials; this study has {finished}, so none are shown.")
+        return out
     importance, source = importances(output, exp, trials, keys)
     if importance:
         out.append(_importance_plot(exp, importance, source, dpi))
     else:
-        notes.append(f"{exp}: parameter importances need at least two finished trials that "
-                     f"differ in a parameter ({source}).")
+        notes.append(f"{exp}: parameter importances need finished trials that differ in a "
+                     f"parameter ({source}).")
     return out
 
 
-def _param_plot(exp: str, trials: pd.DataFrame, keys: list[str], dpi: int) -> Figure:
+def study_log_keys(configs: Sequence[Any]) -> set[str]:
+    """Searched keys a study sampled on a log scale (``tuning.log_keys`` of its runs)."""
+    keys: set[str] = set()
+    for c in configs:
+        try:
+            keys.update((json.loads(c).get("tuning") or {}).get("log_keys") or [])
+        except (TypeError, ValueError, AttributeError):
+            continue
+    return keys
+
+
+MAX_TICK_LABELS = 12  # categorical labels per axis; more categories: every k-th is named
+
+
+def _categories(values: pd.Series, acc: pd.Series) -> list[str]:
+    """Categories as text, best mean ACC first (orders ``2,0,1`` as ``2-0-1``)."""
+    text = values.astype(str)
+    means = acc.groupby(text).mean().sort_values(ascending=False, na_position="last")
+    return list(means.index)
+
+
+def _label(cat: str) -> str:
+    return cat.replace(",", "-") if "," in cat else cat
+
+
+def param_figure(exp: str, trials: pd.DataFrame, keys: list[str],
+                 log_keys: set[str] = frozenset()) -> Any:
+    """The matplotlib figure of each searched parameter against ACC and BWT.
+
+    Numeric parameters on a log axis when the study sampled them log-uniformly (or, for
+    stores without that record, when they span two decades); categorical ones (orders,
+    choices) sorted by mean ACC, at most :data:`MAX_TICK_LABELS` named, rotated, in a
+    column wide enough for them.
+    """
     objectives = ["acc", "bwt"]
-    fig = _new_figure(2.8 * len(keys) + 0.6, 2.4 * len(objectives))
-    axes = fig.subplots(len(objectives), len(keys), squeeze=False)
+    trials = trials[np.isfinite(trials["acc"].to_numpy(dtype=float))]  # finished only
+    widths = []
+    cats_of: dict[str, list[str]] = {}
+    for key in keys:
+        if pd.api.types.is_numeric_dtype(trials[key]):
+            widths.append(2.6)
+        else:
+            cats_of[key] = _categories(trials[key], trials["acc"])
+            widths.append(max(2.6, 0.13 * min(len(cats_of[key]), 60) + 0.8))
+    fig = _new_figure(sum(widths) + 0.6, 2.3 * len(objectives) + 0.6)
+    axes = fig.subplots(len(objectives), len(keys), squeeze=False,
+                        gridspec_kw={"width_ratios": widths})
     best = trials["acc"].idxmax() if trials["acc"].notna().any() else None
     for c, key in enumerate(keys):
         values = trials[key]
-        numeric = pd.api.types.is_numeric_dtype(values)
-        if numeric:
-            x = values.to_numpy(dtype=float)
-            ticks = None
-        else:
-            cats = sorted(values.dropna().astype(str).unique())
+        if key in cats_of:
+            cats = cats_of[key]
             x = values.astype(str).map({v: i for i, v in enumerate(cats)}).to_numpy(dtype=float)
-            ticks = cats
+        else:
+            x = values.to_numpy(dtype=float)
+        log = key in log_keys or (key not in cats_of and not log_keys and np.nanmin(x) > 0
+                                  and np.nanmax(x) / np.nanmin(x) >= 100)
         for r, m in enumerate(objectives):
             ax = axes[r][c]
             ax.scatter(x, trials[m], s=16, alpha=0.75, color="#1f77b4")
             if best is not None:
                 ax.scatter([x[trials.index.get_loc(best)]], [trials.loc[best, m]], s=60,
                            facecolors="none", edgecolors="#d62728", label="best ACC")
-            if numeric and np.nanmin(x) > 0 and np.nanmax(x) / np.nanmin(x) >= 100:
+            if log:
                 ax.set_xscale("log")
-            if ticks is not None:
-                ax.set_xticks(range(len(ticks)), ticks, rotation=45, ha="right", fontsize=6)
+            ax.tick_params(labelsize=7)
+            if key in cats_of:
+                step = math.ceil(len(cats) / MAX_TICK_LABELS)
+                shown = list(range(0, len(cats), step))
+                ax.set_xticks(shown, [_label(cats[i]) if r == len(objectives) - 1 else ""
+                                      for i in shown], rotation=90, fontsize=6,
+                              family="monospace")
+                ax.set_xlim(-0.7, len(cats) - 0.3)
+            elif r < len(objectives) - 1:
+                ax.tick_params(labelbottom=False)
             ax.grid(alpha=0.3)
             if r == len(objectives) - 1:
-                ax.set_xlabel(key, fontsize=8)
+                named = "" if key not in cats_of or len(cats) <= MAX_TICK_LABELS else \
+                    f" (1 in {step} of {len(cats)} named)"
+                ax.set_xlabel(key + (" (log)" if log else "") + named, fontsize=8)
             if c == 0:
                 ax.set_ylabel(m.upper(), fontsize=8)
-    stopped = int(trials["status"].isin(["stopped"]).sum()) if "status" in trials else 0
-    hidden = f", {stopped} stopped early and not shown" if stopped else ""
-    caption = (f"Study {exp}: each searched parameter against ACC and BWT, one dot per "
-               f"finished trial ({len(trials)} trials{hidden}; circled: the best ACC).")
-    return Figure(_slug(exp, "params"), "params", exp, caption, _png(fig, dpi))
+    return fig
 
 
 def importances(output: str | Path, study: str, trials: pd.DataFrame,
@@ -392,7 +511,7 @@ def _optuna_importances(journal: Path, name: str) -> tuple[dict[str, float], int
     if len(done) < 2:
         return {}, len(done)
     target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
-    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    evaluator = optuna.importance.FanovaImportanceEvaluator(n_trees=FANOVA_TREES, seed=0)
     found = optuna.importance.get_param_importances(study, evaluator=evaluator, target=target)
     return dict(found), len(done)
 
@@ -422,7 +541,7 @@ def _trial_importances(trials: pd.DataFrame, keys: Sequence[str]) -> dict[str, f
                                   distributions=dists, value=float(done.loc[i, "acc"]))
         for i in done.index
     ])
-    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    evaluator = optuna.importance.FanovaImportanceEvaluator(n_trees=FANOVA_TREES, seed=0)
     return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
 
 

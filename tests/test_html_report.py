@@ -93,9 +93,9 @@ def test_one_heatmap_per_strategy_with_valid_pngs(page):
         w, h = _png_size(f["imgs"][0])
         assert w > 50 and h > 50
     kinds = {(f["data-experiment"], f["data-kind"]) for f in parser.figures}
-    assert {("sweep", "curves"), ("sweep", "bars"), ("lam", "params"),
-            ("lam", "importance")} <= kinds
+    assert {("sweep", "curves"), ("sweep", "bars"), ("lam", "params"), ("lam", "bars")} <= kinds
     assert ("sweep", "params") not in kinds  # only studies get parameter plots
+    assert ("lam", "importance") not in kinds  # 4 finished trials are too few
 
 
 def test_captions_and_bounds(page):
@@ -120,7 +120,11 @@ def test_stopped_trial_is_counted_in_the_table_and_left_out_of_the_means(page, s
     heat = next(f for f in lam.figures if f.kind == "heatmap")
     assert "mean over 4 runs" in heat.caption
     params = next(f for f in lam.figures if f.kind == "params")
-    assert "5 trials, 1 stopped early and not shown" in params.caption
+    assert "4 of 5 trials, 1 stopped early and not shown" in params.caption
+    assert any("need at least 10 finished trials; this study has 4" in n for n in lam.notes)
+    bars = next(f for f in lam.figures if f.kind == "bars")
+    assert "over the study's 4 finished configurations" in bars.caption
+    assert "not a confidence interval" in bars.caption
     assert "<th>stopped</th>" in text
     mean = analysis.mean_r(store, by=["experiment"])
     first = mean[(mean.experiment == "lam") & (mean.step == 1) & (mean.eval_pos == 1)]
@@ -147,7 +151,7 @@ def test_cli_html_and_png(store, tmp_path, capsys):
     pngs = sorted(png_dir.glob("*.png"))
     parser = _Figures()
     parser.feed(html_path.read_text())
-    assert len(pngs) == len(parser.figures) == 10  # 4 heatmaps, 2 curves, 2 bars, 2 study
+    assert len(pngs) == len(parser.figures) == 9  # 4 heatmaps, 2 curves, 2 bars, 1 study
     assert all(p.read_bytes()[:8] == PNG_MAGIC for p in pngs)
 
 

@@ -33,7 +33,7 @@ import torch
 from llray.data import TaskStream, make_stream
 from llray.tuning.spec import StudySpec
 from llray.tuning.summary import TrialRecord
-from llray.tuning.trial import Trial, jsonable, r_from_json, write_trial
+from llray.tuning.trial import Trial, jsonable, r_from_json, seen_name, write_trial
 
 COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
            optuna.trial.TrialState.RUNNING)
@@ -57,14 +57,17 @@ def make_storage(storage: str | None) -> Any:
     return JournalStorage(JournalFileBackend(storage))
 
 
-def sampler_seed(seed: int, worker: int | None) -> int:
+def sampler_seed(seed: int, worker: int | None, existing: int = 0) -> int:
     """The sampler seed of one process: ``seed`` mixed with its worker number.
 
     Processes sharing a study must not draw the same points; without an explicit
-    ``worker`` the process id is used (so such a process is not reproducible).
+    ``worker`` the process id is used (so such a process is not reproducible). A process
+    that continues a study holding ``existing`` trials mixes that in too, so that it does
+    not redraw the points the study began with.
     """
     worker = os.getpid() if worker is None else worker
-    return int(np.random.SeedSequence([seed, worker]).generate_state(1)[0])
+    entropy = [seed, worker] + ([existing] if existing else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def open_study(
@@ -85,6 +88,9 @@ def open_study(
         directions=study.directions,
         load_if_exists=True,
     )
+    existing = len(ostudy.get_trials(deepcopy=False))
+    if existing:  # continued: not the same draws as the process that began it
+        ostudy.sampler = study.sampler.build(sampler_seed(study.seed, worker, existing))
     for point in study.enqueue:
         ostudy.enqueue_trial(dict(point), skip_if_exists=True)
     return ostudy
@@ -139,7 +145,7 @@ def run_one(ostudy: optuna.Study, study: StudySpec, stream: TaskStream,
         while not trial.done:
             m = trial.learn_next()
             if study.scheduler is not None and m["status"] == "ok":
-                ot.report(m[study.objectives[0]], m["tasks_learned"])
+                ot.report(m[seen_name(study.objectives[0])], m["tasks_learned"])
                 if trial.step < study.num_tasks and ot.should_prune():
                     pruned = True
                     break
@@ -150,17 +156,20 @@ def run_one(ostudy: optuna.Study, study: StudySpec, stream: TaskStream,
     status = "stopped" if pruned else report["status"]
     for key in ("status", "tasks_learned", "R", "run_id", "order", "wall_s"):
         ot.set_user_attr(key, report[key] if key != "status" else status)
-    ot.set_user_attr("objectives", {o: report[o] for o in study.objectives})
+    final = {o: float(report[o]) for o in study.objectives if o in report}
+    seen = {o: float(report[seen_name(o)]) for o in study.objectives}
+    ot.set_user_attr("objectives", final)  # final metrics: only of a trial that finished
+    ot.set_user_attr("seen", seen)
     if pruned:
         ostudy.tell(ot, state=optuna.trial.TrialState.PRUNED)
     else:
-        ostudy.tell(ot, [float(report[o]) for o in study.objectives])
+        ostudy.tell(ot, [final[o] for o in study.objectives])
     if output is not None:
         write_trial(str(output), study, ot.params, report, stream.benchmark, stream.scenario,
                     status)
     return TrialRecord(str(ot.number), jsonable(trial.values), status, report["tasks_learned"],
-                       {o: float(report[o]) for o in study.objectives}, r_from_json(report["R"]),
-                       report["run_id"], {"order": report["order"], "wall_s": report["wall_s"]})
+                       final, r_from_json(report["R"]), report["run_id"],
+                       {"order": report["order"], "wall_s": report["wall_s"]}, seen)
 
 
 def records(ostudy: optuna.Study, study: StudySpec) -> list[TrialRecord]:
@@ -185,7 +194,9 @@ def _record(study: StudySpec, t: optuna.trial.FrozenTrial) -> TrialRecord:
         values=values,
         status=status,
         tasks_learned=int(attrs.get("tasks_learned", 0)),
-        objectives={k: float(v) for k, v in attrs.get("objectives", {}).items()},
+        objectives={k: float(v) for k, v in attrs.get("objectives", {}).items()
+                    if status != "stopped"},  # older studies kept a stopped trial's last
+        seen={k: float(v) for k, v in attrs.get("seen", {}).items()},
         R=r_from_json(attrs["R"]) if "R" in attrs else None,
         run_id=attrs.get("run_id", ""),
         extra={"order": attrs.get("order"), "wall_s": attrs.get("wall_s")},

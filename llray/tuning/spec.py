@@ -58,7 +58,7 @@ from llray.tuning.space import ORDER, STRATEGY, Dim, SearchSpace, parse_space
 TOP_LEVEL = (
     "study", "base", "stream", "model", "train", "strategies", "strategy", "run_seed",
     "search", "enqueue", "objectives", "num_trials", "max_concurrent_trials", "sampler",
-    "scheduler", "resources", "seed",
+    "scheduler", "resources", "seed", "confirm",
 )
 INLINE = ("stream", "model", "train", "strategies", "resources")  # may override the base
 
@@ -115,6 +115,7 @@ class StudySpec:
     resources: Resources = field(default_factory=Resources)
     seed: int = 0
     run_seed: int = 0
+    confirm: int = 0  # fresh seeds to re-run the best config and the baseline on
 
     @property
     def num_tasks(self) -> int:
@@ -218,6 +219,7 @@ def parse_spec(data: Mapping[str, Any], base_dir: str | Path = ".") -> StudySpec
         resources=exp.resources,
         seed=_int(data.get("seed", 0), "seed", 0),
         run_seed=_int(data.get("run_seed", exp.seeds[0]), "run_seed", None),
+        confirm=_int(data.get("confirm", 0), "confirm", 0),
     )
 
 

@@ -28,20 +28,23 @@ class TrialRecord:
     values: dict[str, Any]  # searched keys -> values (``order`` as a list of task ids)
     status: str  # "ok" | "diverged" | "stopped" (early, by a scheduler) | "failed" | "running"
     tasks_learned: int
-    objectives: dict[str, float]  # final (or, when stopped, last reported) values
+    objectives: dict[str, float]  # final values; empty unless the trial finished
     R: np.ndarray | None = None
     run_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    seen: dict[str, float] = field(default_factory=dict)  # last values over tasks seen
 
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
 
 
-def _key(r: TrialRecord, objectives: Sequence[str], modes: Sequence[str]) -> np.ndarray:
-    """Objective values signed so that larger is better."""
+def _key(r: TrialRecord, objectives: Sequence[str], modes: Sequence[str],
+         seen: bool = False) -> np.ndarray:
+    """Objective values signed so that larger is better (``seen``: over tasks seen)."""
     signs = [1 if m == "max" else -1 for m in modes]
-    return np.array([r.objectives.get(o, -np.inf * s) * s for o, s in zip(objectives, signs)])
+    values = r.seen if seen else r.objectives
+    return np.array([values.get(o, -np.inf * s) * s for o, s in zip(objectives, signs)])
 
 
 def dominates(a: TrialRecord, b: TrialRecord, objectives: Sequence[str],
@@ -61,8 +64,10 @@ def pareto_front(records: Sequence[TrialRecord], objectives: Sequence[str],
 
 def ranked(records: Sequence[TrialRecord], objectives: Sequence[str],
            modes: Sequence[str]) -> list[TrialRecord]:
-    """Finished trials first, then by the objectives in order (best first)."""
-    return sorted(records, key=lambda r: (not r.finished, *(-_key(r, objectives, modes))))
+    """Finished trials first, by the final objectives in order (best first); then the
+    others by their objectives over the tasks they learned."""
+    return sorted(records, key=lambda r: (not r.finished,
+                                          *(-_key(r, objectives, modes, not r.finished))))
 
 
 def best(records: Sequence[TrialRecord], objectives: Sequence[str],
@@ -75,11 +80,15 @@ def best(records: Sequence[TrialRecord], objectives: Sequence[str],
 
 
 def trials_table(records: Sequence[TrialRecord], objectives: Sequence[str]) -> pd.DataFrame:
-    """One row per trial: id, status, tasks learned, objectives, searched values."""
+    """One row per trial: id, status, tasks learned, final objectives (NaN unless the
+    trial finished), the first objective over the tasks learned (``acc_seen``), searched
+    values."""
     rows = []
     for r in records:
         row = {"trial": r.trial, "status": r.status, "tasks": r.tasks_learned}
         row.update({o: r.objectives.get(o, np.nan) for o in objectives})
+        if objectives:
+            row[objectives[0] + "_seen"] = r.seen.get(objectives[0], np.nan)
         row.update({k: _short(v) for k, v in r.values.items()})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -136,3 +145,38 @@ def format_summary(study: Any, records: Sequence[TrialRecord], top: int = 5) -> 
 
 def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
+
+
+def how_to_open(study: Any, backend: str, where: str) -> str:
+    """Python lines that open the study with Ray Tune's or Optuna's own API.
+
+    ``where`` is Tune's experiment folder (``backend="tune"``) or the Optuna storage
+    (a journal file or an RDB URL); a local path is printed absolute, so the lines work
+    from any directory (``Tuner.restore`` refuses a relative path).
+
+    Example:
+        >>> class S: study, objectives, modes = "s", ("acc",), ("max",)
+        >>> print(how_to_open(S, "tune", "/r/tune/s"))   # doctest: +NORMALIZE_WHITESPACE
+        open with Ray Tune (finished trials only have 'acc'):
+          from ray import tune
+          tune.ExperimentAnalysis('/r/tune/s').get_best_trial('acc', 'max')
+    """
+    from pathlib import Path
+
+    metric, mode = study.objectives[0], study.modes[0]
+    if backend == "tune":
+        lines = ["from ray import tune",
+                 f"tune.ExperimentAnalysis({where!r}).get_best_trial({metric!r}, {mode!r})"]
+        return f"open with Ray Tune (finished trials only have {metric!r}):\n" + \
+            _indent("\n".join(lines))
+    if "://" in where:
+        storage = repr(where)
+    else:
+        storage = f"JournalStorage(JournalFileBackend({str(Path(where).resolve())!r}))"
+        lines = ["from optuna.storages import JournalStorage",
+                 "from optuna.storages.journal import JournalFileBackend"]
+    best = "best_trial" if len(study.objectives) == 1 else "best_trials"
+    lines = ([] if "://" in where else lines) + [
+        "import optuna",
+        f"optuna.load_study(study_name={study.study!r}, storage={storage}).{best}"]
+    return "open with Optuna (pruned trials are not COMPLETE):\n" + _indent("\n".join(lines))

@@ -1,9 +1,17 @@
 """One trial: a lifelong run built from the study's base and a trial's parameters.
 
 Both backends drive a trial the same way: build it from raw Optuna parameters, call
-:meth:`Trial.learn_next` once per task, and report :meth:`Trial.metrics` after each
-(running objectives over the tasks seen so far, so ASHA or an Optuna pruner can stop a
-poor trial early). A trial that diverges reports the worst value of every objective and
+:meth:`Trial.learn_next` once per task, and report :meth:`Trial.metrics` after each.
+Two kinds of values, with different names:
+
+- ``acc_seen``, ``bwt_seen``, ... (:func:`seen_name`): an objective over the tasks
+  learned so far, reported after every task; what ASHA and an Optuna pruner compare.
+- ``acc``, ``bwt``, ...: the final metrics of the whole stream, present only in the
+  report of a trial that learned every task. So Ray Tune's ``get_best_result("acc",
+  "max")``, ``ExperimentAnalysis.get_best_trial`` and Optuna's ``best_trial`` can only
+  pick a trial that finished; a trial stopped early has no ``acc``.
+
+A trial that diverges reports the worst value of every objective and
 ends; the study goes on. Every ended trial goes to the results store, one that was
 stopped early with status ``stopped`` (:func:`write_trial`).
 
@@ -16,8 +24,8 @@ Example:
     (1, 0)
     >>> while not t.done:
     ...     m = t.learn_next()
-    >>> m["tasks_learned"], m["status"]
-    (2, 'ok')
+    >>> m["tasks_learned"], m["status"], m["acc"] == m["acc_seen"]
+    (2, 'ok', True)
 """
 
 from __future__ import annotations
@@ -45,6 +53,12 @@ METRICS = {
     "learning_accuracy": metrics.learning_accuracy,
 }
 NEEDS_TWO_TASKS = ("bwt", "fwt", "forgetting")
+SEEN = "_seen"
+
+
+def seen_name(objective: str) -> str:
+    """The name of ``objective`` over the tasks learned so far: ``acc`` -> ``acc_seen``."""
+    return objective + SEEN
 
 
 def running(R: np.ndarray, step: int, objective: str) -> float:
@@ -94,14 +108,18 @@ class Trial:
     def metrics(self) -> dict[str, Any]:
         """What a trial reports after each task.
 
-        ``tasks_learned``, ``status``, each objective over the tasks seen so far (its
-        worst value once the run diverged), and the R matrix so far (NaN as None).
+        ``tasks_learned``, ``status``, each objective over the tasks seen so far as
+        ``<objective>_seen`` (its worst value once the run diverged), the final
+        objectives under their own names once the run ended (learned every task, or
+        diverged), and the R matrix so far (NaN as None).
         """
         diverged = self.run.status != "ok"
         out: dict[str, Any] = {"tasks_learned": self.run.step, "status": self.run.status}
         for o in self.study.objectives:
             value = self.study.worst(o) if diverged else running(self.run.R, self.run.step, o)
-            out[o] = value if math.isfinite(value) else self.study.worst(o)
+            out[seen_name(o)] = value if math.isfinite(value) else self.study.worst(o)
+            if self.done:
+                out[o] = out[seen_name(o)]
         out["R"] = r_to_json(self.run.R)
         return out
 
@@ -125,7 +143,7 @@ class Trial:
         return self.run.result(wall_s=time.perf_counter() - self._t0)
 
     def final_values(self) -> list[float]:
-        """The objectives of the finished trial, in the study's order."""
+        """The objectives of the finished trial, in the study's order (KeyError before)."""
         m = self.metrics()
         return [float(m[o]) for o in self.study.objectives]
 
@@ -190,7 +208,8 @@ def write_trial(
     if status == "stopped" and _finished_in_store(output, study.study, spec.run_id):
         return False
 
-    config = {**spec.config_dict(), "tuning": {"study": study.study, "params": jsonable(values)}}
+    tuning = {"study": study.study, "params": jsonable(values), "log_keys": log_keys(study)}
+    config = {**spec.config_dict(), "tuning": tuning}
     meta = RunMeta(
         run_id=spec.run_id,
         experiment=study.study,
@@ -205,6 +224,12 @@ def write_trial(
     )
     write_run(output, meta, result_from_report(report, status))
     return True
+
+
+def log_keys(study: StudySpec) -> list[str]:
+    """The searched keys sampled on a log scale (``loguniform``, ``logint``): plots of the
+    study draw them on log axes."""
+    return [d.key for d in study.space.dims if d.kind in ("loguniform", "logint")]
 
 
 def _finished_in_store(output: str, study: str, run_id: str) -> bool:

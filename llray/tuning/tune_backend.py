@@ -27,13 +27,14 @@ from typing import Any
 import pyarrow.fs as pafs
 import torch
 from ray import tune
+from ray.tune.search.optuna import OptunaSearch
 
 from llray.data import TaskStream, make_stream
 from llray.errors import ConfigError
 from llray.results import STATUSES, ResultsError, load_runs
 from llray.tuning.spec import StudySpec
 from llray.tuning.summary import TrialRecord
-from llray.tuning.trial import Trial, jsonable, r_from_json, write_trial
+from llray.tuning.trial import Trial, jsonable, r_from_json, seen_name, write_trial
 
 CHECKPOINT_FILE = "trial.pt"
 logger = logging.getLogger(__name__)
@@ -141,7 +142,8 @@ class Progress(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
-        values = " ".join(f"{o}={result[o]:.4f}" for o in self.study.objectives if o in result)
+        names = [o if o in result else seen_name(o) for o in self.study.objectives]
+        values = " ".join(f"{n}={result[n]:.4f}" for n in names if n in result)
         status = _status(self.study, result, "TERMINATED")
         print(f"trial {trial.trial_id}: {status} after {result.get('tasks_learned', 0)} "
               f"tasks {values}", file=sys.stderr, flush=True)
@@ -234,17 +236,33 @@ def _stored_status(output: str, study: StudySpec) -> dict[str, str]:
     return dict(zip(runs["run_id"], runs["status"]))
 
 
+class FinalMetricSearch(OptunaSearch):
+    """``OptunaSearch`` that tells Optuna a trial's final metrics, not its last ``*_seen``.
+
+    Its ``metric`` stays ``acc_seen`` (present in every result, as Tune checks, and
+    reported to Optuna as the intermediate value per task); at the end a trial with the
+    final ``acc`` is told COMPLETE with it, one without (stopped early) PRUNED.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if result:
+            seen = self.metric if isinstance(self.metric, list) else [self.metric]
+            final = {m: result.get(m.removesuffix("_seen")) for m in seen}
+            result = None if None in final.values() else {**result, **final}
+        super().on_trial_complete(trial_id, result, error)
+
+
 def _new_tuner(fn: Any, study: StudySpec, storage: str, stream: TaskStream, output: str) -> Any:
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
-
     single = len(study.objectives) == 1
-    metric = study.objectives[0] if single else list(study.objectives)
+    seen = [seen_name(o) for o in study.objectives]
+    metric = seen[0] if single else seen
     mode = study.modes[0] if single else list(study.modes)
-    search = OptunaSearch(
+    search = FinalMetricSearch(
         space=study.space,  # define-by-run: SearchSpace.__call__(optuna_trial)
-        metric=metric,
+        metric=metric,  # in every result; the final tell uses the final metrics
         mode=mode,
         points_to_evaluate=[dict(p) for p in study.enqueue] or None,
         sampler=study.sampler.build(study.seed),
@@ -253,7 +271,7 @@ def _new_tuner(fn: Any, study: StudySpec, storage: str, stream: TaskStream, outp
     if study.scheduler is not None:
         scheduler = ASHAScheduler(
             time_attr="training_iteration",
-            metric=study.objectives[0],
+            metric=seen[0],  # over the tasks learned so far
             mode=study.modes[0],
             max_t=study.num_tasks,
             grace_period=study.scheduler.grace_period,
@@ -296,4 +314,6 @@ def _record(study: StudySpec, trial: Any) -> TrialRecord:
         R=r_from_json(metrics["R"]) if "R" in metrics else None,
         run_id=str(metrics.get("run_id", "")),
         extra={"order": metrics.get("order"), "wall_s": metrics.get("wall_s")},
+        seen={o: float(metrics[seen_name(o)]) for o in study.objectives
+              if seen_name(o) in metrics},
     )
