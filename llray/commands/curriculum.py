@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from llray.commands._common import add_ray_output_arguments, output_dir
 from llray.errors import ConfigError
@@ -36,7 +37,7 @@ def execute(args: argparse.Namespace) -> int:
     from llray import taskonomy as tx
     from llray.config import load_config
     from llray.data import make_stream
-    from llray.results import check_writable, finished_run_ids
+    from llray.results import check_store, check_writable, finished_run_ids
 
     cfg = load_config(args.config)
     spec = tx.template(cfg, args.strategy)
@@ -44,6 +45,9 @@ def execute(args: argparse.Namespace) -> int:
     if args.random < 0:
         raise ConfigError("--random", f"must be >= 0, got {args.random}")
     output = args.output = output_dir(args, cfg.experiment)
+    if Path(output).exists():  # every file it will read, before it trains or writes
+        check_store(output, ("runs",), full=True)
+        check_store(output, ("r_matrix",), spec.experiment + cu.SUFFIX, full=True)
     check_writable(output)
     stream = make_stream(cfg.stream)
     T = stream.num_tasks

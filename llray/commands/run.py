@@ -55,10 +55,12 @@ def execute(args: argparse.Namespace) -> int:
     from llray.config import load_config
     from llray.data import make_stream
     from llray.distributed.session import alive_nodes, connect, storage_warnings
-    from llray.results import check_writable, compact
+    from llray.results import check_store, check_writable, compact
 
     cfg = load_config(args.config)
     output = args.output = output_dir(args, cfg.experiment)
+    if Path(output).exists():  # the files this sweep adds to (and compacts) read well
+        check_store(output, experiment=cfg.experiment, full=not args.no_compact)
     check_writable(output)
     ckpt = checkpoint_root(cfg, output)
     specs = _todo(cfg, output, ckpt) if args.resume else cfg.runs()

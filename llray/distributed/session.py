@@ -13,6 +13,7 @@ import os
 import sys
 
 from llray.distributed.checkpoint import is_node_local
+from llray.errors import ConfigError
 
 
 def loopback_only() -> None:
@@ -35,6 +36,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
             ``"HOST:PORT"`` joins an existing cluster.
         num_cpus: CPUs of the embedded Ray (default: all of this machine's).
     """
+    address = resolve_address(address)
     if address is None:
         loopback_only()
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
@@ -57,6 +59,31 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     from llray import signals
 
     signals.reinstall()  # ray.init replaced the command line's SIGTERM handler
+
+
+def resolve_address(address: str | None) -> str | None:
+    """``--address auto`` as the cluster it means: ``RAY_ADDRESS`` (set by ``ray job
+    submit``) or the cluster ``ray start`` last started on this machine.
+
+    Ray's own ``auto`` falls back to any Ray process it finds on the machine (another
+    user's embedded Ray included); llray asks for a cluster that was meant to be joined.
+
+    Raises:
+        ConfigError: ``--address``, when ``auto`` finds no cluster.
+    """
+    if address != "auto":
+        return address
+    try:
+        from ray._private.services import get_ray_address_from_environment
+    except ImportError:  # a Ray without the helper: let ray.init look for itself
+        return address
+    found = get_ray_address_from_environment(None, None)
+    if not found:
+        raise ConfigError("--address", "auto: no Ray cluster found (RAY_ADDRESS is not set "
+                                       "and no 'ray start' cluster runs on this machine); "
+                                       "start one with 'ray start --head', or leave "
+                                       "--address out for an embedded Ray")
+    return found
 
 
 def alive_nodes() -> int:
