@@ -28,13 +28,13 @@ def execute(args: argparse.Namespace) -> int:
     from llray.results import check_store
 
     figures = bool(args.html or args.png)
+    # every file it will read, before it prints or creates anything: footers for the
+    # table; the figures read every entry, so then the data too
+    check_store(args.output, full=figures)
     if figures:
         from llray import html_report
 
         html_report.check_targets(args.html, args.png)  # before any work
-    # every file it will read, before it prints anything: footers for the table; the
-    # figures read every entry, so then the data too
-    check_store(args.output, full=figures)
     print(report(args.output, as_json=args.json))
     if args.html or args.png:
         sections = html_report.build(args.output)
