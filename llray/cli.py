@@ -22,6 +22,11 @@ from llray.errors import ConfigError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+#: The least value of each integer option (by its argparse dest), where a command has it.
+AT_LEAST = {"num_cpus": 1, "max_in_flight": 1, "max_trials": 1, "top": 1, "max_rows": 1,
+            "random": 0, "worker": 0}
+#: Options that become counts or sizes: beyond this they are a typo, not a request.
+AT_MOST = 2**31 - 1
 
 
 def _command_modules() -> list[ModuleType]:
@@ -47,14 +52,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = modules[args.command]
     previous = signals.sigterm_as_sigint()  # SIGTERM (kill, ray job stop) acts as Ctrl+C
     try:
+        check_options(args)
         return module.execute(args)
     except ConfigError as e:
-        print(f"llray: error: {e}", file=sys.stderr)
+        print(f"llray: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
+        _remove_empty_outputs()
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return _interrupted(module, args)
     finally:
         signals.restore(previous)
+        if (write := sys.modules.get("llray.results.write")) is not None:
+            write.forget_created()
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Integer options in range (:data:`AT_LEAST`, :data:`AT_MOST`), before any work.
+
+    Example:
+        >>> check_options(argparse.Namespace(num_cpus=-1))
+        Traceback (most recent call last):
+        llray.errors.ConfigError: --num-cpus: must be an integer in 1..2147483647, got -1
+    """
+    for dest, least in AT_LEAST.items():
+        value = getattr(args, dest, None)
+        if value is not None and not least <= value <= AT_MOST:
+            raise ConfigError(f"--{dest.replace('_', '-')}",
+                              f"must be an integer in {least}..{AT_MOST}, got {value}")
+
+
+def _remove_empty_outputs() -> None:
+    """Bad input writes nothing: remove the output directories this command created
+    (``llray.results.check_writable``) if they are still empty."""
+    write = sys.modules.get("llray.results.write")  # imported only if a command wrote
+    if write is not None:
+        write.remove_created_if_empty()
 
 
 def _interrupted(module: ModuleType, args: argparse.Namespace) -> int:

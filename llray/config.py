@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -31,9 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from llray.config_base import from_dict, require
+from llray.config_base import check_seed, from_dict, read_yaml, require
 from llray.data import StreamConfig
 from llray.errors import ConfigError
 from llray.models import ModelConfig
@@ -50,6 +50,11 @@ TOP_LEVEL = (
     "resources",
     "checkpoint",
 )
+#: Most tasks a stream may have: R has (T + 1) · T entries per run, and every task is
+#: tested after every task.
+MAX_TASKS = 1000
+#: An experiment or study name: a plain name that is safe as one directory level.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -151,17 +156,9 @@ class ExperimentConfig:
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and check a YAML experiment config."""
+    """Read and check a YAML experiment config (UTF-8, finite numbers; see ``read_yaml``)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError("config", f"file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError("config", f"{path} is not valid YAML: {e}") from None
-    if not isinstance(data, Mapping):
-        raise ConfigError("config", f"{path} must hold a mapping of sections")
-    data = dict(data)
+    data = read_yaml(path, "config")
     data.setdefault("experiment", path.stem)
     return parse_config(data)
 
@@ -173,6 +170,9 @@ def parse_config(data: Mapping[str, Any]) -> ExperimentConfig:
             raise ConfigError(str(key), f"unknown section; allowed: {', '.join(TOP_LEVEL)}")
     experiment = _experiment_name(data.get("experiment", "default"))
     stream = from_dict(StreamConfig, _section(data, "stream"), "stream")
+    check_seed(stream.seed, "stream.seed")
+    require(stream.num_tasks <= MAX_TASKS, "stream.num_tasks",
+            f"must be <= {MAX_TASKS}, got {stream.num_tasks}")
     model = from_dict(ModelConfig, _section(data, "model"), "model")
     train = from_dict(TrainConfig, _section(data, "train"), "train")
     strategies = parse_strategies(data.get("strategies"), stream.scenario_name)
@@ -196,10 +196,17 @@ def _section(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value
 
 
-def _experiment_name(value: Any) -> str:
-    ok = isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.\-]+", value) is not None
-    require(ok, "experiment", f"must be a name of letters, digits, '_', '-', '.', got {value!r}")
+def check_name(value: Any, where: str) -> str:
+    """A plain name (letters, digits, '_', '-', '.'; a letter or digit first; at most
+    100 characters): it becomes a directory, so no '..', no '/', no hidden name."""
+    ok = isinstance(value, str) and NAME.fullmatch(value) is not None
+    require(ok, where, f"must be a name of letters, digits, '_', '-', '.' that starts with "
+                       f"a letter or digit (at most 100 characters), got {value!r}")
     return value
+
+
+def _experiment_name(value: Any) -> str:
+    return check_name(value, "experiment")
 
 
 def _seeds(value: Any) -> tuple[int, ...]:
@@ -208,6 +215,8 @@ def _seeds(value: Any) -> tuple[int, ...]:
     ok = isinstance(value, list) and len(value) > 0
     ok = ok and all(isinstance(s, int) and not isinstance(s, bool) for s in value)
     require(ok, "seeds", f"must be a non-empty list of integers, got {value!r}")
+    for i, seed in enumerate(value):
+        check_seed(seed, f"seeds[{i}]")
     require(len(set(value)) == len(value), "seeds", f"has duplicates: {value}")
     return tuple(value)
 
@@ -247,7 +256,8 @@ def parse_orders(value: Any, num_tasks: int, seed: int) -> tuple[tuple[int, ...]
         elif isinstance(entry, str) and re.fullmatch(r"random:\d+", entry):
             orders += _random_orders(int(entry.split(":")[1]), num_tasks, seed)
         elif isinstance(entry, list):
-            ok = all(isinstance(x, int) for x in entry) and sorted(entry) == list(range(num_tasks))
+            ok = all(isinstance(x, int) and not isinstance(x, bool) for x in entry)
+            ok = ok and sorted(entry) == list(range(num_tasks))
             require(ok, where, f"{entry} is not a permutation of the task ids 0..{num_tasks - 1}")
             orders.append(tuple(entry))
         else:
@@ -256,9 +266,11 @@ def parse_orders(value: Any, num_tasks: int, seed: int) -> tuple[tuple[int, ...]
 
 
 def _random_orders(k: int, num_tasks: int, seed: int) -> list[tuple[int, ...]]:
-    rng = np.random.default_rng([seed, 0x0DE5])
-    limit = int(np.prod(range(1, num_tasks + 1)))
+    require(k >= 1, "orders", f"random:{k} asks for no order; use random:1 or more")
+    limit = math.factorial(num_tasks)  # a Python int: exact for any number of tasks
     require(k <= limit, "orders", f"random:{k} asks for more orders than the {limit} that exist")
+    require(k <= 100_000, "orders", f"random:{k}: at most 100000 random orders")
+    rng = np.random.default_rng([seed, 0x0DE5])
     seen: dict[tuple[int, ...], None] = {}
     while len(seen) < k:
         seen[tuple(int(x) for x in rng.permutation(num_tasks))] = None

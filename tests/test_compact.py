@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llray import analysis, results
+from llray import analysis
 from llray.cli import main
 from llray.errors import ConfigError
 from llray.results import ResultsError, compact, finished_run_ids, load, write_run, write_runs
@@ -203,7 +203,7 @@ def test_bad_input(tmp_path, store, capsys):
     assert main(["compact", str(tmp_path / "nope")]) == 2
     assert main(["compact", str(out), "--experiment", "nope"]) == 2
     assert main(["compact", str(out), "--max-rows", "0"]) == 2
-    assert "max_rows" in capsys.readouterr().err
+    assert "--max-rows" in capsys.readouterr().err
 
 
 def test_cli(store, capsys):

@@ -1,6 +1,7 @@
 """SIGTERM takes the SIGINT path in every command: exit 130, the resume hint, no traceback,
 no temporary files, also after Ray has started (and replaced the handler)."""
 
+import importlib
 import os
 import signal
 import subprocess
@@ -95,9 +96,7 @@ def test_sigterm_during_the_final_compaction_exits_130_and_keeps_the_store(
 def test_sigint_in_compact_command_exits_130_with_hint(tmp_path, monkeypatch, capsys):
     write_run(tmp_path, *make_run("a"))
     write_run(tmp_path, *make_run("b", seed=1))
-    import llray.results.compact as _  # noqa: F401 - the module, for its _apply
-
-    module = sys.modules["llray.results.compact"]
+    module = importlib.import_module("llray.results.compact")  # not the function
     real = module._apply
 
     def interrupted(*args):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from llray.commands._common import add_ray_output_arguments, output_dir
 from llray.errors import ConfigError
@@ -36,7 +37,7 @@ def execute(args: argparse.Namespace) -> int:
     from llray import taskonomy as tx
     from llray.config import load_config
     from llray.data import make_stream
-    from llray.results import check_writable, finished_run_ids
+    from llray.results import check_store, check_writable, finished_run_ids
 
     cfg = load_config(args.config)
     spec = tx.template(cfg, args.strategy)
@@ -48,6 +49,9 @@ def execute(args: argparse.Namespace) -> int:
 
     options = sweep_options(args, cfg)
     check_cluster(spec.resources, args)
+    if Path(output).exists():  # every file it will read, before it trains or writes
+        check_store(output, ("runs",), full=True)
+        check_store(output, ("r_matrix",), spec.experiment + cu.SUFFIX, full=True)
     check_writable(output)
     stream = make_stream(cfg.stream)
     T = stream.num_tasks

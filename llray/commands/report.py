@@ -25,8 +25,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def execute(args: argparse.Namespace) -> int:
     from llray.report import report
+    from llray.results import check_store
 
-    if args.html or args.png:
+    figures = bool(args.html or args.png)
+    # every file it will read, before it prints or creates anything: footers for the
+    # table; the figures read every entry, so then the data too
+    check_store(args.output, full=figures)
+    if figures:
         from llray import html_report
 
         html_report.check_targets(args.html, args.png)  # before any work

@@ -55,12 +55,14 @@ def execute(args: argparse.Namespace) -> int:
     """Check everything, then run the sweep and print the summary table."""
     from llray.config import load_config
     from llray.distributed.checkpoint import check_writable as check_checkpoints
-    from llray.results import check_writable
+    from llray.results import check_store, check_writable
 
     cfg = load_config(args.config)
     options = sweep_options(args, cfg)  # checks --max-in-flight
     output = args.output = output_dir(args, cfg.experiment)
     check_cluster(cfg.resources, args)
+    if Path(output).exists():  # the files this sweep adds to (and compacts) read well
+        check_store(output, experiment=cfg.experiment, full=not args.no_compact)
     check_writable(output)
     ckpt = checkpoint_root(cfg, output)
     check_checkpoints(ckpt)

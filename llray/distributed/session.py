@@ -45,6 +45,7 @@ def connect(address: str | None = None, num_cpus: int | None = None,
         ConfigError: ``--address`` names no reachable Ray cluster (after at most
             :data:`PROBE_TIMEOUT_S` for a ``HOST:PORT`` that does not answer).
     """
+    address = resolve_address(address)
     if address is None:
         loopback_only()
         # the learners run at the user's priority like any other process (Ray's default
@@ -117,6 +118,29 @@ def probe(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
 
 # HTTP/2 connection preface + an empty SETTINGS frame (RFC 9113, section 3.4)
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+def resolve_address(address: str | None) -> str | None:
+    """``--address auto`` as the cluster it means: ``RAY_ADDRESS`` (set by ``ray job
+    submit``) or the cluster ``ray start`` last started on this machine.
+
+    Ray's own ``auto`` falls back to any Ray process it finds on the machine (another
+    user's embedded Ray included); llray asks for a cluster that was meant to be joined.
+
+    Raises:
+        ConfigError: ``--address``, when ``auto`` finds no cluster.
+    """
+    if address != "auto":
+        return address
+    try:
+        from ray._private.services import get_ray_address_from_environment
+    except ImportError:  # a Ray without the helper: let ray.init look for itself
+        return address
+    found = get_ray_address_from_environment(None, None)
+    if not found:
+        raise ConfigError("--address", "auto: no Ray cluster found (RAY_ADDRESS is not set "
+                                       "and no 'ray start' cluster runs on this machine); "
+                                       "start one with 'ray start --head', or leave "
+                                       "--address out for an embedded Ray")
+    return found
 
 
 def alive_nodes() -> int:

@@ -49,6 +49,7 @@ Example:
 
 from llray.results.compact import COMPACT_MAX_ROWS, CompactStats, compact
 from llray.results.read import (
+    check_store,
     finished_run_ids,
     load,
     load_r_matrix,
@@ -92,6 +93,7 @@ __all__ = [
     "Results",
     "ResultsError",
     "RunMeta",
+    "check_store",
     "check_writable",
     "compact",
     "finished_run_ids",

@@ -7,6 +7,7 @@ by an older llray also fills in the columns added since (with their defaults).
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -14,7 +15,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -59,14 +59,18 @@ class CompactStats:
     rows_written: int
     copies_dropped: int
     seconds: float
+    stale_removed: int = 0  # temporary files a killed writer left (see STALE_TEMP_S)
 
     def __str__(self) -> str:
         where = f"{len(self.experiments)} experiment{'s' * (len(self.experiments) != 1)}"
+        stale = (f"; removed {self.stale_removed:,} temporary files a killed writer left"
+                 if self.stale_removed else "")
         if not self.files_written:
-            return f"nothing to compact: {self.files_before:,} files in {where}"
+            return f"nothing to compact: {self.files_before:,} files in {where}{stale}"
         return (f"compacted {where}: {self.files_before:,} -> {self.files_after:,} files, "
                 f"{self.rows_written:,} rows in {self.files_written:,} new files, "
-                f"{self.copies_dropped:,} rows of older copies dropped, {self.seconds:.2f} s")
+                f"{self.copies_dropped:,} rows of older copies dropped, {self.seconds:.2f} s"
+                + stale)
 
 
 @dataclass
@@ -129,13 +133,20 @@ def compact(
         raise ConfigError("max_rows", f"must be an integer >= 1, got {max_rows!r}")
     t0 = time.perf_counter()
     fs, root = _filesystem(output_dir)
-    if fs.get_file_info(root).type == pafs.FileType.NotFound:
+    kind = fs.get_file_info(root).type
+    if kind == pafs.FileType.NotFound:
         raise ResultsError("output", f"results directory {os.fspath(output_dir)!r} does not exist")
+    if kind != pafs.FileType.Directory:
+        raise ResultsError("output", f"{os.fspath(output_dir)!r} is not a directory")
     listed: dict[tuple[str, str], list[pafs.FileInfo]] = {}
     for dataset in _DATASETS:
         base = f"{root}/{dataset}"
         for info in _data_files(fs, base):
             listed.setdefault((dataset, _experiment_of(info.path, base)), []).append(info)
+    if not listed:
+        raise ResultsError("output", f"{os.fspath(output_dir)!r} holds no llray results "
+                                     "(no Parquet files under r_matrix/ or runs/)")
+    stale = _remove_stale_temporaries(fs, root)
     names = sorted({exp for _, exp in listed})
     if experiment is not None and experiment not in names:
         raise ConfigError("experiment", f"{experiment!r} is not in the results; experiments "
@@ -152,7 +163,8 @@ def compact(
     except _Vanished as e:  # another compaction removed it; the store is still whole
         raise ResultsError(str(e), "removed while compacting (is another 'llray compact' "
                                    "running?); run it again") from None
-    return CompactStats(tuple(chosen), *totals, seconds=time.perf_counter() - t0)
+    return CompactStats(tuple(chosen), *totals, seconds=time.perf_counter() - t0,
+                        stale_removed=stale)
 
 
 @dataclass
@@ -189,9 +201,47 @@ def _plan(
              if p.rows < max_rows // 2 or any(copies[r] > 1 for r in p.runs)]
     if len(merge) < 2:
         return _Plan(n)
+    _map(lambda p: _check_data(fs, base, schema, p.info), merge)  # before any write
     keep = [{r for r in p.runs if newest[r][1] == p.rank} for p in merge]
     estimate = [p.rows * len(k) // max(1, len(p.runs)) for p, k in zip(merge, keep)]
     return _Plan(n, merge, keep, _bins(estimate, max_rows))
+
+
+def _check_data(fs: pafs.FileSystem, base: str, schema: pa.Schema,
+                info: pafs.FileInfo) -> None:
+    """Read every page of a file that will be merged: a corrupt data page behind an
+    intact footer is found before anything of the experiment is written."""
+    f, pf = _open_checked(fs, info.path, base, schema)
+    try:
+        for g in range(pf.metadata.num_row_groups):
+            pf.read_row_group(g, use_threads=False)
+    except (OSError, pa.ArrowException) as e:
+        raise ResultsError(info.path, f"cannot read Parquet file: {e}") from None
+    finally:
+        f.close()
+
+
+#: A writer's temporary file (``.NAME.<32 hex>.tmp``) untouched this long was left by a
+#: writer that was killed: compaction removes it. A live writer touches its file often.
+STALE_TEMP_S = 15 * 60
+_TEMP = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")
+
+
+def _remove_stale_temporaries(fs: pafs.FileSystem, root: str) -> int:
+    """Remove the temporary files of killed writers under ``r_matrix/`` and ``runs/``."""
+    cutoff = time.time_ns() - STALE_TEMP_S * 10**9
+    removed = 0
+    for dataset in _DATASETS:
+        selector = pafs.FileSelector(f"{root}/{dataset}", recursive=True, allow_not_found=True)
+        for info in fs.get_file_info(selector):
+            if (info.type == pafs.FileType.File and _TEMP.fullmatch(info.base_name)
+                    and (info.mtime_ns or 0) < cutoff):
+                try:
+                    fs.delete_file(info.path)
+                    removed += 1
+                except (FileNotFoundError, pa.ArrowException):
+                    pass
+    return removed
 
 
 def _bins(rows: Sequence[int], max_rows: int) -> list[list[int]]:

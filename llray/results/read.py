@@ -209,6 +209,70 @@ def _newest(table: pa.Table, file_rows: Sequence[int], ranks: np.ndarray) -> np.
     return row_rank == best[codes]
 
 
+def check_store(
+    output_dir: str | os.PathLike[str],
+    datasets: Sequence[str] = ("r_matrix", "runs"),
+    experiment: str | None = None,
+    full: bool = False,
+) -> int:
+    """Check every file of a results directory before a command reads or changes it.
+
+    Each file must sit in an ``experiment=NAME`` directory and have an llray schema
+    (its footer is read); with ``full`` every column is read too, which also finds
+    corrupt data pages behind an intact footer. Nothing is changed.
+
+    Args:
+        output_dir: results directory (local path or ``pyarrow.fs`` URI).
+        datasets: which of ``r_matrix`` and ``runs`` to check.
+        experiment: only this experiment's files.
+        full: read the data as well as the footers.
+
+    Returns:
+        The number of files checked.
+
+    Raises:
+        ResultsError: the directory does not exist or is not a directory, or a file is
+            unreadable or foreign: names the file and what is wrong.
+
+    Example:
+        >>> import tempfile
+        >>> check_store(tempfile.mkdtemp())
+        0
+    """
+    fs, root = _filesystem(output_dir)
+    kind = fs.get_file_info(root).type
+    if kind == pafs.FileType.NotFound:
+        raise ResultsError("output", f"results directory {os.fspath(output_dir)!r} does not exist")
+    if kind != pafs.FileType.Directory:
+        raise ResultsError("output", f"{os.fspath(output_dir)!r} is not a directory")
+    checked = 0
+    for dataset in datasets:
+        base = f"{root}/{dataset}"
+        infos = [i for i in _data_files(fs, base)
+                 if experiment is None or _experiment_of(i.path, base) == experiment]
+        for info in infos:
+            _experiment_of(info.path, base)
+        _map(lambda i: _check_file(fs, i.path, base, _DATASETS[dataset], full), infos)
+        checked += len(infos)
+    return checked
+
+
+def _check_file(fs: pafs.FileSystem, path: str, base: str, schema: pa.Schema,
+                full: bool) -> None:
+    try:
+        f, pf = _open_checked(fs, path, base, schema)
+    except _Vanished:
+        return  # a compaction merged it meanwhile: its rows are in the merged file
+    try:
+        if full:
+            for g in range(pf.metadata.num_row_groups):
+                pf.read_row_group(g, use_threads=False)
+    except (OSError, pa.ArrowException) as e:
+        raise ResultsError(path, f"cannot read Parquet file: {e}") from None
+    finally:
+        f.close()
+
+
 def load_runs(
     output_dir: str | os.PathLike[str],
     columns: Sequence[str] | None = None,

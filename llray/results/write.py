@@ -158,6 +158,9 @@ def runs_table(meta: RunMeta, result: RunResult) -> pa.Table:
 def check_writable(output_dir: str | os.PathLike[str]) -> None:
     """Create ``output_dir`` and check a file can be written there, before any work.
 
+    The directories it creates are remembered: if the command then stops on bad input,
+    :func:`remove_created_if_empty` removes them again (bad input writes nothing).
+
     Raises:
         ConfigError: ``output`` field, when the directory cannot be created or written.
 
@@ -167,13 +170,60 @@ def check_writable(output_dir: str | os.PathLike[str]) -> None:
     """
     try:
         fs, root = _filesystem(output_dir)
+        created = _first_missing(root) if isinstance(fs, pafs.LocalFileSystem) else None
         fs.create_dir(root, recursive=True)
+        if created is not None:
+            _created.append(created)
         probe = f"{root}/.llray-write-check-{uuid.uuid4().hex}"
-        with fs.open_output_stream(probe) as sink:
-            sink.write(b"ok")
-        fs.delete_file(probe)
+        try:
+            with fs.open_output_stream(probe) as sink:
+                sink.write(b"ok")
+        finally:
+            if fs.get_file_info(probe).type != pafs.FileType.NotFound:
+                fs.delete_file(probe)
     except (OSError, ValueError, pa.ArrowException) as e:
         raise ConfigError("output", f"cannot write results to {os.fspath(output_dir)!r}: {e}") from None
+
+
+_created: list[str] = []  # directories check_writable created in this process
+
+
+def _first_missing(path: str) -> str | None:
+    """The topmost directory of ``path`` that does not exist yet (None: it exists)."""
+    missing = None
+    while not os.path.exists(path):
+        missing, parent = path, os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def forget_created() -> None:
+    """Forget the directories :func:`check_writable` created (a command ended well)."""
+    _created.clear()
+
+
+def remove_created_if_empty() -> list[str]:
+    """Remove the directories :func:`check_writable` created that hold no file (only
+    empty directories); returns those removed. The command line calls it on exit 2.
+
+    Example:
+        >>> import tempfile, os
+        >>> base = tempfile.mkdtemp()
+        >>> forget_created()
+        >>> check_writable(base + "/a/b")
+        >>> [os.path.relpath(p, base) for p in remove_created_if_empty()], os.listdir(base)
+        (['a'], [])
+    """
+    removed = []
+    while _created:
+        top = _created.pop()
+        if os.path.isdir(top) and not any(files for _, _, files in os.walk(top)):
+            for folder, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
+                os.rmdir(folder)
+            removed.append(top)
+    return removed
 
 
 def _write_atomic(

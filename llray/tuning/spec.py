@@ -33,23 +33,21 @@ Example:
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from llray.config import (
     TOP_LEVEL as EXPERIMENT_KEYS,
     ExperimentConfig,
+    check_name,
     Resources,
     RunSpec,
     StrategySpec,
     parse_config,
 )
-from llray.config_base import field_names, from_dict
+from llray.config_base import check_seed, field_names, from_dict, read_yaml
 from llray.errors import ConfigError
 from llray.models import ModelConfig
 from llray.strategies import TrainConfig, make_config, strategy_class
@@ -71,6 +69,7 @@ OBJECTIVES: dict[str, tuple[str, float]] = {
     "learning_accuracy": ("max", 0.0),
 }
 SAMPLERS = ("tpe", "random")
+SAMPLER_MAX_SEED = 2**32 - 1  # Optuna's samplers seed a numpy RandomState
 TPE_OPTIONS = {"n_startup_trials": int, "n_ei_candidates": int, "multivariate": bool,
                "group": bool, "constant_liar": bool, "consider_endpoints": bool}
 
@@ -172,15 +171,7 @@ def load_spec(path: str | Path) -> StudySpec:
 
 
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(what, f"file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(what, f"{path} is not valid YAML: {e}") from None
-    if not isinstance(data, Mapping):
-        raise ConfigError(what, f"{path} must hold a mapping of sections")
-    return dict(data)
+    return read_yaml(path, what)  # UTF-8, safe tags, finite numbers: one ConfigError
 
 
 def parse_spec(data: Mapping[str, Any], base_dir: str | Path = ".") -> StudySpec:
@@ -188,11 +179,7 @@ def parse_spec(data: Mapping[str, Any], base_dir: str | Path = ".") -> StudySpec
     for key in data:
         if key not in TOP_LEVEL:
             raise ConfigError(str(key), f"unknown key; allowed: {', '.join(TOP_LEVEL)}")
-    study = data.get("study", "study")
-    ok = isinstance(study, str) and re.fullmatch(r"[A-Za-z0-9_.\-]+", study) is not None
-    if not ok:
-        raise ConfigError("study", f"must be a name of letters, digits, '_', '-', '.', "
-                                   f"got {study!r}")
+    study = check_name(data.get("study", "study"), "study")
     search = data.get("search")
     if not isinstance(search, Mapping) or not search:
         raise ConfigError("search", "must be a non-empty mapping of keys to ranges, e.g. "
@@ -217,8 +204,8 @@ def parse_spec(data: Mapping[str, Any], base_dir: str | Path = ".") -> StudySpec
         sampler=_sampler(data.get("sampler", "tpe")),
         scheduler=_scheduler(data.get("scheduler"), num_tasks, objectives),
         resources=exp.resources,
-        seed=_int(data.get("seed", 0), "seed", 0),
-        run_seed=_int(data.get("run_seed", exp.seeds[0]), "run_seed", None),
+        seed=check_seed(data.get("seed", 0), "seed", SAMPLER_MAX_SEED),
+        run_seed=check_seed(data.get("run_seed", exp.seeds[0]), "run_seed"),
         confirm=_int(data.get("confirm", 0), "confirm", 0),
     )
 

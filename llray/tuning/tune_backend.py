@@ -35,6 +35,7 @@ from llray.results import STATUSES, ResultsError, load_runs
 from llray.tuning.spec import StudySpec
 from llray.tuning.summary import TrialRecord
 from llray.tuning.trial import Trial, jsonable, r_from_json, seen_name, write_trial
+from llray.tuning.trust import check_restorable
 
 CHECKPOINT_FILE = "trial.pt"
 logger = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ def check_start(output: str | Path, study: StudySpec, resume: bool) -> bool:
                                     f"{path}; pass --resume to continue it or choose "
                                     f"another --output")
     saved = spec_file(output, study)
+    # Tune's state is pickles: only state that no one else could have written is loaded
+    check_restorable([path, saved], parents=(_join(output, "tune"),))
     if _exists(saved):
         fs, p = _fs(saved)
         with fs.open_input_stream(p) as f:
