@@ -107,9 +107,9 @@ class RayHead:
         return own - {os.getpid()}
 
     def stop(self) -> None:
-        """SIGTERM this head's processes, SIGKILL what is left after 10 s, remove the
+        """SIGTERM this head's processes, SIGKILL what is left after 5 s, remove the
         temp dir."""
-        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
             for pid in self.pids():
                 try:
                     os.kill(pid, sig)
