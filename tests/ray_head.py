@@ -107,29 +107,29 @@ class RayHead:
         return own - {os.getpid()}
 
     def stop(self) -> None:
-        """SIGTERM this head's processes, then SIGKILL what is left after 10 s; remove
-        the temp dir."""
-        pids = self.pids()
-        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            for pid in pids:
+        """SIGTERM this head's processes, SIGKILL what is left after 5 s, remove the
+        temp dir."""
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            for pid in self.pids():
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
             deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                if self.proc.poll() is None:
-                    pass
-                pids = {p for p in pids | self.pids() if Path(f"/proc/{p}").exists()
-                        and "Z" != _state(p)}
-                if not pids:
-                    break
+            while self.alive() and time.monotonic() < deadline:
                 time.sleep(0.2)
+            if not self.alive():
+                break
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def alive(self) -> bool:
+        """Whether any process of this head is still running (zombies do not count)."""
+        self.proc.poll()  # reap the ray start process once it has exited
+        return any(_state(p) not in ("Z", "X") for p in self.pids())
 
 
 def _state(pid: int) -> str:

@@ -128,7 +128,7 @@ def head():
         yield h
     finally:
         h.stop()
-    assert not h.pids(), "the head left processes behind"
+    assert not h.alive(), "the head left processes behind"
 
 
 def _cli_env(head, **extra: str) -> dict[str, str]:
