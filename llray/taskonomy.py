@@ -382,17 +382,25 @@ def describe(spec: RunSpec, seeds: Sequence[int]) -> str:
                       | {"seeds": list(seeds)}, sort_keys=True, default=str)
 
 
+SUFFIX = "-taskonomy"
+
+
 def write(output: str | Path, strategy: str, pairs: pd.DataFrame, aff: pd.DataFrame,
-          curr: pd.DataFrame, config: str, png: bytes | None = None) -> Path:
-    """Write the taskonomy files (each to a temporary name, then renamed)."""
+          curr: pd.DataFrame, config: str, png: bytes | None = None,
+          experiment: str | None = None) -> Path:
+    """Write the taskonomy files (each to a temporary name, then renamed).
+
+    Every row carries ``experiment``: the config's experiment name plus ``-taskonomy``
+    (the pairwise runs are an experiment of their own, as ``-curriculum`` runs are).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     where = folder(output, strategy)
     where.mkdir(parents=True, exist_ok=True)
     for name, df in (("pairs", pairs), ("affinity", aff), ("curricula", curr)):
-        table = pa.Table.from_pandas(df.assign(strategy=strategy, config=config),
-                                     preserve_index=False)
+        table = pa.Table.from_pandas(df.assign(experiment=experiment, strategy=strategy,
+                                               config=config), preserve_index=False)
         _atomic(where / f"{name}.parquet", lambda f, t=table: pq.write_table(t, f))
     if png is not None:
         _atomic(where / "affinity.png", lambda f: f.write(png))

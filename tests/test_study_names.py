@@ -80,3 +80,23 @@ def test_a_study_named_like_an_experiment_in_the_store_is_refused(tmp_path, caps
     assert main(["tune", _spec(tmp_path, study="s2"), "--backend", "optuna",
                  "--output", str(out)]) == 0
     assert set(load_runs(out).experiment) == {"s", "s2"}
+
+
+def test_taskonomy_files_carry_their_own_experiment_name(tmp_path):
+    import pandas as pd
+
+    from llray import taskonomy as tx
+
+    pairs = pd.DataFrame({"seed": [0, 0, 0, 0], "kind": ["scratch", "scratch", "pair", "pair"],
+                          "source": [-1, -1, 0, 1], "target": [0, 1, 1, 0],
+                          "target_final": [0.6, 0.7, 0.8, 0.5],
+                          "source_after_source": [None, None, 0.9, 0.8],
+                          "source_final": [None, None, 0.7, 0.6],
+                          "target_after_source": [None, None, 0.2, 0.3],
+                          "init_target": [0.1, 0.1, 0.1, 0.1]})
+    aff = tx.affinity(pairs)
+    where = tx.write(tmp_path, "naive", pairs, aff, tx.curricula(aff, 2), "{}",
+                     experiment="quickstart" + tx.SUFFIX)
+    for name in ("pairs", "affinity", "curricula"):
+        df = pd.read_parquet(where / f"{name}.parquet")
+        assert set(df["experiment"]) == {"quickstart-taskonomy"}

@@ -154,7 +154,7 @@ def run_one(ostudy: optuna.Study, study: StudySpec, stream: TaskStream,
         ostudy.tell(ot, state=optuna.trial.TrialState.FAIL)
         raise
     status = "stopped" if pruned else report["status"]
-    for key in ("status", "tasks_learned", "R", "run_id", "order", "wall_s"):
+    for key in ("status", "tasks_learned", "R", "run_id", "order", "wall_s", "selected_on"):
         ot.set_user_attr(key, report[key] if key != "status" else status)
     final = {o: float(report[o]) for o in study.objectives if o in report}
     seen = {o: float(report[seen_name(o)]) for o in study.objectives}
@@ -169,7 +169,8 @@ def run_one(ostudy: optuna.Study, study: StudySpec, stream: TaskStream,
                     status)
     return TrialRecord(str(ot.number), jsonable(trial.values), status, report["tasks_learned"],
                        final, r_from_json(report["R"]), report["run_id"],
-                       {"order": report["order"], "wall_s": report["wall_s"]}, seen)
+                       {"order": report["order"], "wall_s": report["wall_s"],
+                        "selected_on": report["selected_on"]}, seen)
 
 
 def records(ostudy: optuna.Study, study: StudySpec) -> list[TrialRecord]:
@@ -199,5 +200,6 @@ def _record(study: StudySpec, t: optuna.trial.FrozenTrial) -> TrialRecord:
         seen={k: float(v) for k, v in attrs.get("seen", {}).items()},
         R=r_from_json(attrs["R"]) if "R" in attrs else None,
         run_id=attrs.get("run_id", ""),
-        extra={"order": attrs.get("order"), "wall_s": attrs.get("wall_s")},
+        extra={"order": attrs.get("order"), "wall_s": attrs.get("wall_s"),
+               "selected_on": attrs.get("selected_on")},
     )

@@ -129,6 +129,10 @@ def format_summary(study: Any, records: Sequence[TrialRecord], top: int = 5) -> 
     label = "best trial" if len(objectives) == 1 else "front trial best in " + objectives[0]
     lines.append(f"{label} {head.trial}: " + "  ".join(
         f"{o} {head.objectives[o]:.4f}" for o in objectives))
+    split = head.extra.get("selected_on")
+    if split:
+        lines.append(f"  (objectives on the {'validation' if split == 'val' else 'test'} "
+                     f"split; the R below and the store's R are on the test split)")
     lines += [f"  {k}: {_short(v)}" for k, v in head.values.items()]
     if head.R is not None:
         order = head.extra.get("order") or head.values.get("order") or range(head.R.shape[1])

@@ -114,14 +114,32 @@ class Trial:
         diverged), and the R matrix so far (NaN as None).
         """
         diverged = self.run.status != "ok"
-        out: dict[str, Any] = {"tasks_learned": self.run.step, "status": self.run.status}
+        out: dict[str, Any] = {"tasks_learned": self.run.step, "status": self.run.status,
+                               "selected_on": self.selected_on}
+        R = self.selection_R()
         for o in self.study.objectives:
-            value = self.study.worst(o) if diverged else running(self.run.R, self.run.step, o)
+            value = self.study.worst(o) if diverged else running(R, self.run.step, o)
             out[seen_name(o)] = value if math.isfinite(value) else self.study.worst(o)
             if self.done:
                 out[o] = out[seen_name(o)]
         out["R"] = r_to_json(self.run.R)
         return out
+
+    @property
+    def selected_on(self) -> str:
+        """``val`` when the run has a validation R (the stream carves a validation split
+        from each task's training data), else ``test``."""
+        return "val" if self._val_R() is not None else "test"
+
+    def selection_R(self) -> np.ndarray:
+        """The R the objectives are computed on: validation when there is one, so the
+        study does not select on the test split that the store reports."""
+        val = self._val_R()
+        return self.run.R if val is None else val
+
+    def _val_R(self) -> np.ndarray | None:
+        val = getattr(self.run, "R_val", None)
+        return None if val is None or not np.isfinite(val[0]).any() else val
 
     def report(self) -> dict[str, Any]:
         """:meth:`metrics` plus what the results store needs (run id, timings, n_test)."""

@@ -316,7 +316,8 @@ def _record(study: StudySpec, trial: Any) -> TrialRecord:
         objectives={o: float(metrics[o]) for o in study.objectives if o in metrics},
         R=r_from_json(metrics["R"]) if "R" in metrics else None,
         run_id=str(metrics.get("run_id", "")),
-        extra={"order": metrics.get("order"), "wall_s": metrics.get("wall_s")},
+        extra={"order": metrics.get("order"), "wall_s": metrics.get("wall_s"),
+               "selected_on": metrics.get("selected_on")},
         seen={o: float(metrics[seen_name(o)]) for o in study.objectives
               if seen_name(o) in metrics},
     )
