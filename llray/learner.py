@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from llray.data.augment import Augmenter
 from llray.data.stream import TaskStream
 from llray.errors import Diverged
 from llray.strategies.base import Context, Strategy, TrainConfig
@@ -83,12 +84,14 @@ class LifelongRun:
         self.device = torch.device(device)
         self.stream = stream.to(self.device)
         self.strategy = strategy
+        self.augmenter = Augmenter(stream.augment, seed) if stream.augment else None
         self.ctx = Context(
             stream_info=self.stream,
             train=train,
             device=self.device,
             generator=torch.Generator().manual_seed(seed),
             class_mask=self.stream.class_mask(self.device) if stream.scenario == "task" else None,
+            augment=self.augmenter,
         )
         self.model = strategy.setup(model.to(self.device), self.ctx)
         self.R = np.full((T + 1, T), np.nan)
@@ -178,6 +181,7 @@ class LifelongRun:
             "train_s": self.train_s,
             "task_seconds": list(self.task_seconds),
             "evaluated_init": self._evaluated_init,
+            **({"augment": self.augmenter.state_dict()} if self.augmenter else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -191,6 +195,8 @@ class LifelongRun:
         self.train_s = float(state["train_s"])
         self.task_seconds = list(state["task_seconds"])
         self._evaluated_init = bool(state["evaluated_init"])
+        if self.augmenter is not None:
+            self.augmenter.load_state_dict(state["augment"])
         self.ctx.seen = [self.stream.tasks[i] for i in self.order[: self.step]]
 
 

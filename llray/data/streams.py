@@ -25,6 +25,7 @@ import torch
 
 from llray.config_base import require
 from llray.data import scenarios as sc
+from llray.data.augment import AUGMENTATIONS, Augmentation
 from llray.data.datasets import (
     BUILTIN_CLASSES,
     BUILTIN_SHAPES,
@@ -86,6 +87,10 @@ class StreamConfig:
             column except the label and task columns.
         input_shape: parquet only: reshape each row's features, e.g. ``[1, 28, 28]``.
         standardize: parquet only: standardize each feature with training statistics.
+        augment: augment every training batch on the device: ``crop`` (random crop with
+            zero padding) and/or ``flip`` (horizontal, p = 1/2); image streams only. See
+            :mod:`llray.data.augment`.
+        crop_padding: pixels of zero padding on each side for ``crop`` (default 4).
 
     Example:
         >>> StreamConfig(kind="split").scenario_name
@@ -109,6 +114,8 @@ class StreamConfig:
     feature_columns: tuple[str, ...] | None = None
     input_shape: tuple[int, ...] | None = None
     standardize: bool = False
+    augment: tuple[str, ...] = ()
+    crop_padding: int = 4
 
     def __post_init__(self) -> None:
         require(self.dataset in DATASETS, "dataset",
@@ -121,6 +128,21 @@ class StreamConfig:
         self._check_only_for()
         self._check_sizes()
         self._check_kind()
+        self._check_augment()
+
+    def _check_augment(self) -> None:
+        bad = [a for a in self.augment if a not in AUGMENTATIONS]
+        require(not bad, "augment", f"unknown {bad}; allowed: {', '.join(AUGMENTATIONS)}")
+        require(len(set(self.augment)) == len(self.augment), "augment",
+                f"lists an augmentation twice: {list(self.augment)}")
+        require(self.crop_padding >= 0, "crop_padding", f"must be >= 0, got {self.crop_padding}")
+        if self.crop_padding != 4:
+            require("crop" in self.augment, "crop_padding", "is only used with augment: [crop]")
+        if self.augment:
+            shape = self.shape
+            require(shape is not None and len(shape) == 3, "augment",
+                    f"crop and flip need image inputs (C, H, W); dataset {self.dataset!r} gives "
+                    f"{shape if shape else 'flat rows (set input_shape: [C, H, W])'}")
 
     def _check_only_for(self) -> None:
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
@@ -214,7 +236,11 @@ def make_stream(cfg: StreamConfig) -> TaskStream:
     data = _split(cfg, arrays)
     parts = _parts(cfg, arrays, data)
     parts = sc.subsample(parts, cfg.max_train_per_task, cfg.seed)
-    return sc.assemble(parts, cfg.scenario_name, arrays.num_classes, cfg.benchmark, arrays.shape)
+    stream = sc.assemble(parts, cfg.scenario_name, arrays.num_classes, cfg.benchmark,
+                         arrays.shape)
+    if cfg.augment:
+        stream = dataclasses.replace(stream, augment=Augmentation(cfg.augment, cfg.crop_padding))
+    return stream
 
 
 def load_arrays(cfg: StreamConfig) -> Arrays:
