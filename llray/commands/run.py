@@ -52,11 +52,11 @@ def execute(args: argparse.Namespace) -> int:
     from llray.results import check_writable, compact
 
     cfg = load_config(args.config)
+    stream = make_stream(cfg.stream)  # a data error (missing file) leaves no output folder
     output = output_dir(args, cfg.experiment)
     check_writable(output)
     ckpt = checkpoint_root(cfg, output)
     specs = _todo(cfg, output, ckpt) if args.resume else cfg.runs()
-    stream = make_stream(cfg.stream)
     connect(args.address, args.num_cpus)
     for w in storage_warnings(output, ckpt, alive_nodes()):
         print(f"llray: warning: {w}", file=sys.stderr)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llray.data.folders import read_tinyimagenet
 from llray.data.vision import VISION_DATASETS, load_vision_uint8
 from llray.errors import ConfigError
 
@@ -30,12 +31,15 @@ from llray.errors import ConfigError
 # shape in the config. The image datasets are read from local files (``stream.path``).
 BUILTIN_SHAPES: dict[str, tuple[int, ...]] = {
     "digits": (1, 8, 8), "mnist1d": (40,), "mnist": (1, 28, 28), "fashionmnist": (1, 28, 28),
-    "cifar10": (3, 32, 32), "cifar100": (3, 32, 32),
+    "cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "tinyimagenet": (3, 64, 64),
+    "core50": (3, 128, 128),
 }
 BUILTIN_CLASSES: dict[str, int] = {
     "digits": 10, "mnist1d": 10, "mnist": 10, "fashionmnist": 10, "cifar10": 10, "cifar100": 100,
+    "tinyimagenet": 200, "core50": 50,
 }
-IMAGE_DATASETS = VISION_DATASETS  # read from files in a folder: need ``stream.path``
+# read from files in a folder (need ``stream.path``), tested on their own test split
+IMAGE_DATASETS = (*VISION_DATASETS, "tinyimagenet", "core50")
 MNIST1D_DEFAULT_SAMPLES = 4000
 
 # Independent random streams drawn from one seed, one per purpose, so that changing
@@ -143,7 +147,13 @@ def load_images(name: str, root: str) -> Arrays:
     Raises:
         ConfigError: on ``stream.path`` when files are missing or malformed.
     """
-    xtr, ytr, xte, yte = load_vision_uint8(name, root)
+    if name == "core50":
+        raise ConfigError("stream.dataset", "core50 is cut into tasks by session or object "
+                          "(stream.kind ni or nc) when the stream is made, not loaded whole")
+    if name == "tinyimagenet":
+        xtr, ytr, xte, yte = read_tinyimagenet(root)
+    else:
+        xtr, ytr, xte, yte = load_vision_uint8(name, root)
     x = np.concatenate([xtr, xte])  # uint8: a quarter of the float32 copy's memory
     del xtr, xte
     y = np.concatenate([ytr, yte])
