@@ -10,6 +10,7 @@ import yaml
 from PIL import Image
 
 from llray.cli import main
+from llray.config_base import from_dict
 from llray.data import StreamConfig, make_stream
 from llray.data.folders import (
     CORE50_TEST_SESSIONS,
@@ -126,8 +127,9 @@ def _obj_session(x):
 
 
 def test_core50_ni_has_a_task_per_training_session_and_one_test_set(core50_npz):
-    s = make_stream(StreamConfig(dataset="core50", path=str(core50_npz), kind="ni",
-                                 num_tasks=8))
+    cfg = from_dict(StreamConfig, {"dataset": "core50", "path": str(core50_npz), "kind": "ni",
+                                   "num_tasks": 8}, "stream")  # as from a YAML config
+    s = make_stream(cfg)
     assert (s.scenario, s.num_classes, s.input_shape, s.num_tasks) == (
         "domain", 50, (3, 128, 128), 8)
     for t, session in zip(s.tasks, CORE50_TRAIN_SESSIONS):

@@ -113,7 +113,7 @@ class StreamConfig:
     """
 
     dataset: str = "digits"
-    kind: Literal["permuted", "rotated", "split", "tasks"] = "permuted"
+    kind: Literal["permuted", "rotated", "split", "tasks", "ni", "nc"] = "permuted"
     scenario: Literal["task", "domain", "class"] | None = None
     num_tasks: int = 5
     test_fraction: float = 0.25
