@@ -82,14 +82,19 @@ def _model(s):
 
 def test_augmentation_changes_training_and_is_deterministic_per_seed():
     aug, plain = _stream(), _stream(augment=False)
-    r1 = run_stream(aug, _model(aug), make_strategy("naive"), TRAIN, seed=1)
-    r2 = run_stream(aug, _model(aug), make_strategy("naive"), TRAIN, seed=1)
-    r3 = run_stream(aug, _model(aug), make_strategy("naive"), TRAIN, seed=2)
-    rp = run_stream(plain, _model(plain), make_strategy("naive"), TRAIN, seed=1)
+
+    def run(s, seed):
+        m = _model(s)
+        res = run_stream(s, m, make_strategy("naive"), TRAIN, seed=seed)
+        return res, torch.cat([p.detach().flatten() for p in m.parameters()])
+
+    (r1, w1), (r2, w2), (r3, w3) = run(aug, 1), run(aug, 1), run(aug, 2)
+    rp, wp = run(plain, 1)
     np.testing.assert_array_equal(r1.R, r2.R)
-    assert not np.array_equal(r1.R[1:], rp.R[1:])  # training saw other pixels
+    assert torch.equal(w1, w2)  # same seed: the same augmented batches, the same weights
+    assert not torch.equal(w1, wp)  # training saw other pixels than without augmentation
+    assert not torch.equal(w1, w3)
     np.testing.assert_array_equal(r1.R[0], rp.R[0])  # the untrained model: same evaluation
-    assert not np.array_equal(r1.R, r3.R)
 
 
 def test_evaluation_never_augments():
