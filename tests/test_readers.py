@@ -9,6 +9,7 @@ import torch
 import yaml
 from PIL import Image
 
+from images import WNIDS, colour, write_tiny
 from llray.cli import main
 from llray.config_base import from_dict
 from llray.data import StreamConfig, make_stream
@@ -19,38 +20,6 @@ from llray.data.folders import (
     read_tinyimagenet,
 )
 from llray.errors import ConfigError
-
-WNIDS = ["n02", "n01", "n03"]  # sorted: n01 -> 0, n02 -> 1, n03 -> 2
-
-
-def colour(label: int, k: int) -> tuple[int, int, int]:
-    return (40 * label + 20, 10 * k, 200 - 30 * label)
-
-
-def write_tiny(root, train_per_class=4, val_per_class=2):
-    d = root / "tiny-imagenet-200"
-    (d / "val" / "images").mkdir(parents=True)
-    (d / "wnids.txt").write_text("\n".join(WNIDS) + "\n")
-    lines = []
-    for w in WNIDS:
-        label = sorted(WNIDS).index(w)
-        img_dir = d / "train" / w / "images"
-        img_dir.mkdir(parents=True)
-        for k in range(train_per_class):
-            Image.new("RGB", (64, 64), colour(label, k)).save(img_dir / f"{w}_{k}.JPEG",
-                                                             quality=100)
-        (d / "train" / w / f"{w}_boxes.txt").write_text("")
-        for k in range(val_per_class):
-            name = f"val_{label * val_per_class + k}.JPEG"
-            Image.new("RGB", (64, 64), colour(label, k)).save(d / "val" / "images" / name,
-                                                             quality=100)
-            lines.append(f"{name}\t{w}\t0\t0\t63\t63")
-    # a grey image, as some of the real ones are: read as RGB
-    Image.new("L", (64, 64), 128).save(d / "val" / "images" / "val_grey.JPEG", quality=100)
-    lines.append(f"val_grey.JPEG\t{WNIDS[0]}\t0\t0\t63\t63")
-    (d / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
-    return d
-
 
 @pytest.fixture
 def tiny(tmp_path):
