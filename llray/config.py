@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from llray.backbones import check_strategy_support
 from llray.config_base import check_seed, from_dict, read_yaml, require
 from llray.data import StreamConfig
 from llray.errors import ConfigError
@@ -176,6 +177,8 @@ def parse_config(data: Mapping[str, Any]) -> ExperimentConfig:
     model = from_dict(ModelConfig, _section(data, "model"), "model")
     train = from_dict(TrainConfig, _section(data, "train"), "train")
     strategies = parse_strategies(data.get("strategies"), stream.scenario_name)
+    for i, spec in enumerate(strategies):
+        check_strategy_support(model.name, spec.name, f"strategies[{i}]")
     return ExperimentConfig(
         experiment=experiment,
         stream=stream,

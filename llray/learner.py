@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from llray import seeding
+from llray.data.augment import Augmenter
 from llray.data.stream import TaskStream
 from llray.errors import Diverged
 from llray.strategies.base import Context, Strategy, TrainConfig
@@ -84,6 +85,7 @@ class LifelongRun:
         self.device = torch.device(device)
         self.stream = stream.to(self.device)
         self.strategy = strategy
+        self.augmenter = Augmenter(stream.augment, seed) if stream.augment else None
         self.ctx = Context(
             stream_info=self.stream,
             train=train,
@@ -91,6 +93,7 @@ class LifelongRun:
             generator=seeding.generator(seed),  # batch order only
             strategy_generator=seeding.generator(seed, seeding.STRATEGY),
             class_mask=self.stream.class_mask(self.device) if stream.scenario == "task" else None,
+            augment=self.augmenter,
         )
         self.model = strategy.setup(model.to(self.device), self.ctx)
         self.R = np.full((T + 1, T), np.nan)
@@ -181,6 +184,7 @@ class LifelongRun:
             "train_s": self.train_s,
             "task_seconds": list(self.task_seconds),
             "evaluated_init": self._evaluated_init,
+            **({"augment": self.augmenter.state_dict()} if self.augmenter else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -200,6 +204,8 @@ class LifelongRun:
         self.train_s = float(state["train_s"])
         self.task_seconds = list(state["task_seconds"])
         self._evaluated_init = bool(state["evaluated_init"])
+        if self.augmenter is not None:
+            self.augmenter.load_state_dict(state["augment"])
         self.ctx.seen = [self.stream.tasks[i] for i in self.order[: self.step]]
 
 

@@ -41,10 +41,12 @@ from typing import Literal
 import torch
 from torch import nn
 
+from llray.backbones import BACKBONES, PixelFeatures, build_backbone
 from llray.config_base import require
+from llray.data.pixels import to_float
 from llray.errors import ConfigError
 
-MODEL_NAMES = ("mlp", "convnet")
+MODEL_NAMES = ("mlp", "convnet", *BACKBONES)
 
 
 @dataclass(frozen=True)
@@ -53,9 +55,11 @@ class ModelConfig:
 
     ``hidden`` are the MLP's hidden widths; ``channels`` the ConvNet's conv blocks
     (one ``Conv3x3 -> ReLU -> MaxPool2`` block per entry) and ``kernel_size`` their kernel.
+    ``resnet18_reduced`` (GEM's, nf=20) and ``resnet18`` (Mammoth/DER's CIFAR ResNet-18)
+    take no further fields (see :mod:`llray.backbones`).
     """
 
-    name: Literal["mlp", "convnet"] = "mlp"
+    name: Literal["mlp", "convnet", "resnet18_reduced", "resnet18"] = "mlp"
     hidden: tuple[int, ...] = (100, 100)
     channels: tuple[int, ...] = (32, 64)
     kernel_size: int = 3
@@ -74,13 +78,20 @@ class ModelConfig:
         )
 
 
+class InputFlatten(nn.Flatten):
+    """The MLP's input layer: uint8 pixels to floats (:func:`to_float`), then flatten."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(to_float(x))
+
+
 class MLP(nn.Module):
     """Flatten, then ``Linear -> ReLU`` per hidden width, then a linear output layer."""
 
     def __init__(self, in_features: int, hidden: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
         widths = [in_features, *hidden]
-        layers: list[nn.Module] = [nn.Flatten()]
+        layers: list[nn.Module] = [InputFlatten()]
         for a, b in zip(widths[:-1], widths[1:]):
             layers += [nn.Linear(a, b), nn.ReLU()]
         self.features = nn.Sequential(*layers)
@@ -120,7 +131,7 @@ class ConvNet(nn.Module):
             ]
             c, h, w = c_out, h // 2, w // 2
         layers.append(nn.Flatten())
-        self.features = nn.Sequential(*layers)  # [N, C, H, W] -> [N, c*h*w]
+        self.features = PixelFeatures(*layers)  # [N, C, H, W] -> [N, c*h*w]
         self.head = nn.Linear(c * h * w, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, C, H, W] -> [N, classes]
@@ -133,7 +144,8 @@ def build_model(
     """A freshly initialised model; the init is a pure function of ``seed``.
 
     The global torch RNG is forked, so building a model changes no global state.
-    ``convnet`` needs image inputs ``(C, H, W)``; a flat input is a ConfigError.
+    ``convnet`` and the ResNets need image inputs ``(C, H, W)``; a flat input is a
+    ConfigError. Every model's first layer turns uint8 pixels into floats.
     """
     if cfg.name == "convnet" and len(input_shape) != 3:
         raise ConfigError(
@@ -151,6 +163,8 @@ def build_model(
             return MLP(math.prod(input_shape), cfg.hidden, num_classes)
         if cfg.name == "convnet":
             return ConvNet(input_shape, num_classes, cfg.channels, cfg.kernel_size)
+        if cfg.name in BACKBONES:
+            return build_backbone(cfg.name, input_shape, num_classes)
     raise AssertionError(f"unhandled model {cfg.name}")
 
 
@@ -308,7 +322,7 @@ def resize_mlp(model: nn.Module, hidden: tuple[int, ...]) -> None:
         _linear(torch.zeros(b, a, device=dev, dtype=dtype), torch.zeros(b, device=dev, dtype=dtype))
         for a, b in zip(widths[:-1], widths[1:])
     ]
-    layers: list[nn.Module] = [nn.Flatten()]
+    layers: list[nn.Module] = [InputFlatten()]
     for lin in lins[:-1]:
         layers += [lin, nn.ReLU()]
     model.features = nn.Sequential(*layers)

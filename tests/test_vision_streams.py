@@ -11,6 +11,7 @@ from llray.config import parse_config
 from llray.config_base import from_dict
 from llray.data import StreamConfig, make_stream
 from llray.data import scenarios as sc
+from llray.data.pixels import to_float
 from llray.errors import ConfigError
 from llray.experiment import execute
 from llray.learner import run_stream
@@ -148,10 +149,13 @@ def test_split_cifar100_task_il_ten_tasks(cifar100_root):
         assert set(t.y_train.tolist()) == set(t.classes) == set(t.y_test.tolist())
     mask = s.class_mask()
     assert mask.shape == (10, 100) and mask.sum(1).tolist() == [10] * 10
-    # the pixels are the file's, channel-major, scaled to [0, 1]
+    # the pixels are the file's, channel-major, kept uint8; the model sees them in [0, 1]
     b = batches["train"]
     first = s.tasks[b["fine_labels"][0] // 10].x_train[0]
-    np.testing.assert_array_equal(first.numpy().ravel(), b["data"][0] / np.float32(255))
+    assert first.dtype == torch.uint8
+    np.testing.assert_array_equal(first.numpy().ravel(), b["data"][0])
+    scaled = to_float(first).numpy().ravel()
+    np.testing.assert_array_equal(scaled, b["data"][0] / np.float32(255))
 
 
 def test_split_cifar100_class_il_twenty_tasks_and_shuffled(cifar100_root):

@@ -1,6 +1,7 @@
 """Raw datasets as NumPy arrays, and the seeded train/test split.
 
-Every loader returns :class:`Arrays`: float32 inputs ``[N, *shape]``, int64 labels
+Every loader returns :class:`Arrays`: float32 inputs ``[N, *shape]`` (the image datasets:
+their files' uint8 pixels, see :mod:`llray.data.pixels`), int64 labels
 ``[N]`` and, for tables with a task column, int64 task ids ``[N]``. Nothing is
 downloaded: ``digits`` ships with scikit-learn, ``mnist1d`` is generated procedurally
 with ``mnist1d.data.make_dataset``, and the image datasets (:func:`load_images`) are
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llray.data.folders import read_tinyimagenet
 from llray.data.vision import VISION_DATASETS, load_vision_uint8
 from llray.errors import ConfigError
 
@@ -29,12 +31,15 @@ from llray.errors import ConfigError
 # shape in the config. The image datasets are read from local files (``stream.path``).
 BUILTIN_SHAPES: dict[str, tuple[int, ...]] = {
     "digits": (1, 8, 8), "mnist1d": (40,), "mnist": (1, 28, 28), "fashionmnist": (1, 28, 28),
-    "cifar10": (3, 32, 32), "cifar100": (3, 32, 32),
+    "cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "tinyimagenet": (3, 64, 64),
+    "core50": (3, 128, 128),
 }
 BUILTIN_CLASSES: dict[str, int] = {
     "digits": 10, "mnist1d": 10, "mnist": 10, "fashionmnist": 10, "cifar10": 10, "cifar100": 100,
+    "tinyimagenet": 200, "core50": 50,
 }
-IMAGE_DATASETS = VISION_DATASETS  # read from files in a folder: need ``stream.path``
+# read from files in a folder (need ``stream.path``), tested on their own test split
+IMAGE_DATASETS = (*VISION_DATASETS, "tinyimagenet", "core50")
 MNIST1D_DEFAULT_SAMPLES = 4000
 
 # Independent random streams drawn from one seed, one per purpose, so that changing
@@ -56,7 +61,7 @@ def rng(seed: int, purpose: int, *more: int) -> np.random.Generator:
 class Arrays:
     """A whole dataset in memory, before it is cut into tasks."""
 
-    x: np.ndarray  # [N, *shape] float32
+    x: np.ndarray  # [N, *shape] float32, or uint8 pixels for image datasets
     y: np.ndarray  # [N] int64 class ids, 0..num_classes-1
     num_classes: int
     task: np.ndarray | None = None  # [N] int64 task ids 0..T-1, tables only
@@ -64,7 +69,7 @@ class Arrays:
     num_train: int | None = None  # rows [0, num_train) are the dataset's own training set
 
     def __post_init__(self) -> None:
-        assert self.x.dtype == np.float32 and self.y.dtype == np.int64
+        assert self.x.dtype in (np.float32, np.uint8) and self.y.dtype == np.int64
         assert len(self.x) == len(self.y)
         assert self.task is None or len(self.task) == len(self.y)
         assert self.num_train is None or 0 < self.num_train < len(self.y)
@@ -135,17 +140,22 @@ def load_mnist1d(num_samples: int = MNIST1D_DEFAULT_SAMPLES, seed: int = 0) -> A
 
 def load_images(name: str, root: str) -> Arrays:
     """An image dataset from a local folder (see :mod:`llray.data.vision`) with its own
-    train/test split: ``x [N_train + N_test, C, H, W]`` in ``[0, 1]``, the training
+    train/test split: ``x [N_train + N_test, C, H, W]`` uint8 pixels (the models turn
+    them into floats in ``[0, 1]`` per batch, :mod:`llray.data.pixels`), the training
     images first (``num_train`` of them).
 
     Raises:
         ConfigError: on ``stream.path`` when files are missing or malformed.
     """
-    xtr, ytr, xte, yte = load_vision_uint8(name, root)
+    if name == "core50":
+        raise ConfigError("stream.dataset", "core50 is cut into tasks by session or object "
+                          "(stream.kind ni or nc) when the stream is made, not loaded whole")
+    if name == "tinyimagenet":
+        xtr, ytr, xte, yte = read_tinyimagenet(root)
+    else:
+        xtr, ytr, xte, yte = load_vision_uint8(name, root)
     x = np.concatenate([xtr, xte])  # uint8: a quarter of the float32 copy's memory
     del xtr, xte
-    x = x.astype(np.float32)
-    x /= np.float32(255.0)
     y = np.concatenate([ytr, yte])
     classes = BUILTIN_CLASSES[name]
     if len(y) and (y.min() < 0 or y.max() >= classes):

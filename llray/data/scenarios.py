@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from llray.data.datasets import RNG_SUBSAMPLE, rng
+from llray.data.pixels import to_float
 from llray.data.stream import Task, TaskStream
 
 
@@ -45,9 +46,9 @@ from llray.data.stream import Task, TaskStream
 class Split:
     """A dataset's train and test tensors (and task ids for tables that have them)."""
 
-    x_train: Tensor  # [N, *shape] float32
+    x_train: Tensor  # [N, *shape] float32, or uint8 pixels
     y_train: Tensor  # [N] int64
-    x_test: Tensor  # [M, *shape] float32
+    x_test: Tensor  # [M, *shape] float32, or uint8 pixels
     y_test: Tensor  # [M] int64
     task_train: Tensor | None = None  # [N] int64 task ids
     task_test: Tensor | None = None  # [M] int64
@@ -106,6 +107,7 @@ def _rows(data: Split, keep: Sequence[Tensor | None] | None, t: int) -> tuple[Te
 def rotate_images(x: Tensor, degrees: float) -> Tensor:
     """Rotate square images ``x [N, C, H, W]`` counterclockwise by ``degrees`` about
     their centre (bilinear, zeros outside), as ``torch.rot90(x, 1, (-2, -1))`` does for 90.
+    uint8 pixels are turned into floats in ``[0, 1]`` first (the result is float32).
 
     Example:
         >>> img = torch.arange(16.0).reshape(1, 1, 4, 4)
@@ -113,6 +115,7 @@ def rotate_images(x: Tensor, degrees: float) -> Tensor:
         True
     """
     assert x.dim() == 4 and x.shape[-1] == x.shape[-2], "expected square images [N, C, H, W]"
+    x = to_float(x)
     a = math.radians(degrees)
     # rounded so that multiples of 90 degrees hit pixel centres exactly
     c, s = round(math.cos(a), 12), round(math.sin(a), 12)

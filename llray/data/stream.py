@@ -25,6 +25,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from llray.data.augment import Augmentation
+
 SCENARIOS = ("task", "domain", "class")
 
 
@@ -34,9 +36,9 @@ class Task:
 
     id: int
     name: str
-    x_train: Tensor  # [N, *input_shape] float32
+    x_train: Tensor  # [N, *input_shape] float32, or uint8 pixels (llray.data.pixels)
     y_train: Tensor  # [N] int64, global class ids
-    x_test: Tensor  # [M, *input_shape] float32
+    x_test: Tensor  # [M, *input_shape] same dtype as x_train
     y_test: Tensor  # [M] int64
     classes: tuple[int, ...]
 
@@ -68,6 +70,7 @@ class TaskStream:
     benchmark: str
     input_shape: tuple[int, ...]
     num_classes: int  # width of the model's output layer
+    augment: Augmentation | None = None  # applied to training batches (llray.data.augment)
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:

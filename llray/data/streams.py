@@ -25,6 +25,14 @@ import torch
 
 from llray.config_base import require
 from llray.data import scenarios as sc
+from llray.data.augment import AUGMENTATIONS, Augmentation
+from llray.data.folders import (
+    CORE50_OBJECTS,
+    CORE50_TEST_SESSIONS,
+    CORE50_TRAIN_SESSIONS,
+    core50_class_groups,
+    read_core50,
+)
 from llray.data.datasets import (
     BUILTIN_CLASSES,
     BUILTIN_SHAPES,
@@ -46,14 +54,17 @@ from llray.data.stream import TaskStream
 from llray.errors import ConfigError
 
 DATASETS = ("digits", "mnist1d", *IMAGE_DATASETS, "parquet")
-KINDS = ("permuted", "rotated", "split", "tasks")
-DEFAULT_SCENARIO = {"permuted": "domain", "rotated": "domain", "split": "class"}
+KINDS = ("permuted", "rotated", "split", "tasks", "ni", "nc")
+DEFAULT_SCENARIO = {"permuted": "domain", "rotated": "domain", "split": "class",
+                    "ni": "domain", "nc": "class"}
+CORE50_KINDS = ("ni", "nc")
 
 # Options that only mean something for one dataset or kind: setting them elsewhere is an
 # error rather than silently ignored.
 _PARQUET_ONLY = ("label_column", "task_column", "feature_columns", "input_shape", "standardize")
 _FILE_DATASETS = ("parquet", *IMAGE_DATASETS)  # read from stream.path
-_ONLY_FOR_KIND = {"max_angle": "rotated", "angles": "rotated", "shuffle_classes": "split"}
+_ONLY_FOR_KIND = {"max_angle": ("rotated",), "angles": ("rotated",),
+                  "shuffle_classes": ("split", "nc")}
 
 
 @dataclass(frozen=True)
@@ -64,11 +75,15 @@ class StreamConfig:
         dataset: ``"digits"`` (sklearn 8x8, inputs ``(1, 8, 8)`` in [0, 1]),
             ``"mnist1d"`` (procedural, inputs ``(40,)`` standardized), the image
             datasets ``"mnist"``, ``"fashionmnist"`` (``(1, 28, 28)``), ``"cifar10"``,
-            ``"cifar100"`` (``(3, 32, 32)``) in [0, 1] from local files, or ``"parquet"``.
+            ``"cifar100"`` (``(3, 32, 32)``), ``"tinyimagenet"`` (``(3, 64, 64)``, 200
+            classes), ``"core50"`` (``(3, 128, 128)``, 50 objects) from local files (uint8
+            pixels, seen by the model in [0, 1]), or ``"parquet"``.
         kind: ``"permuted"``, ``"rotated"`` (square images only), ``"split"`` (classes
-            partitioned among tasks) or ``"tasks"`` (a parquet table's task column).
+            partitioned among tasks), ``"tasks"`` (a parquet table's task column), or for
+            core50 only ``"ni"`` (a task per training session) and ``"nc"`` (a task per
+            group of objects; 9 tasks: the official 10 then 5 per task).
         scenario: ``"task"``, ``"domain"`` or ``"class"``; default ``"domain"`` for
-            permuted/rotated, ``"class"`` for split; required for kind ``"tasks"``.
+            permuted/rotated/ni, ``"class"`` for split/nc; required for kind ``"tasks"``.
         num_tasks: number of tasks, at least 2 (kind ``"tasks"``: the table's count).
         test_fraction: share of each class (and task) held out for testing; the image
             datasets use their own test set instead.
@@ -77,7 +92,8 @@ class StreamConfig:
         num_samples: mnist1d only: sequences generated (default 4000).
         max_angle: rotated only: task angles are evenly spaced from 0 to this (degrees).
         angles: rotated only: explicit angle per task, overrides ``max_angle``.
-        shuffle_classes: split only: shuffle the classes (with ``seed``) before grouping.
+        shuffle_classes: split and nc only: shuffle the classes (with ``seed``) before
+            grouping.
         path: parquet: a ``.parquet`` file or a directory of them; image datasets: the
             folder holding the dataset's files (see :mod:`llray.data.vision`).
         label_column: parquet only: integer class ids.
@@ -86,6 +102,10 @@ class StreamConfig:
             column except the label and task columns.
         input_shape: parquet only: reshape each row's features, e.g. ``[1, 28, 28]``.
         standardize: parquet only: standardize each feature with training statistics.
+        augment: augment every training batch on the device: ``crop`` (random crop with
+            zero padding) and/or ``flip`` (horizontal, p = 1/2); image streams only. See
+            :mod:`llray.data.augment`.
+        crop_padding: pixels of zero padding on each side for ``crop`` (default 4).
 
     Example:
         >>> StreamConfig(kind="split").scenario_name
@@ -93,7 +113,7 @@ class StreamConfig:
     """
 
     dataset: str = "digits"
-    kind: Literal["permuted", "rotated", "split", "tasks"] = "permuted"
+    kind: Literal["permuted", "rotated", "split", "tasks", "ni", "nc"] = "permuted"
     scenario: Literal["task", "domain", "class"] | None = None
     num_tasks: int = 5
     test_fraction: float = 0.25
@@ -109,6 +129,8 @@ class StreamConfig:
     feature_columns: tuple[str, ...] | None = None
     input_shape: tuple[int, ...] | None = None
     standardize: bool = False
+    augment: tuple[str, ...] = ()
+    crop_padding: int = 4
 
     def __post_init__(self) -> None:
         require(self.dataset in DATASETS, "dataset",
@@ -121,6 +143,21 @@ class StreamConfig:
         self._check_only_for()
         self._check_sizes()
         self._check_kind()
+        self._check_augment()
+
+    def _check_augment(self) -> None:
+        bad = [a for a in self.augment if a not in AUGMENTATIONS]
+        require(not bad, "augment", f"unknown {bad}; allowed: {', '.join(AUGMENTATIONS)}")
+        require(len(set(self.augment)) == len(self.augment), "augment",
+                f"lists an augmentation twice: {list(self.augment)}")
+        require(self.crop_padding >= 0, "crop_padding", f"must be >= 0, got {self.crop_padding}")
+        if self.crop_padding != 4:
+            require("crop" in self.augment, "crop_padding", "is only used with augment: [crop]")
+        if self.augment:
+            shape = self.shape
+            require(shape is not None and len(shape) == 3, "augment",
+                    f"crop and flip need image inputs (C, H, W); dataset {self.dataset!r} gives "
+                    f"{shape if shape else 'flat rows (set input_shape: [C, H, W])'}")
 
     def _check_only_for(self) -> None:
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
@@ -136,8 +173,9 @@ class StreamConfig:
                     f"{self.dataset!r} is tested on its own test set; test_fraction is only "
                     "used with digits, mnist1d and parquet")
         for name in changed & set(_ONLY_FOR_KIND):
-            kind = _ONLY_FOR_KIND[name]
-            require(self.kind == kind, name, f"is only used with kind {kind!r}")
+            kinds = _ONLY_FOR_KIND[name]
+            require(self.kind in kinds, name,
+                    f"is only used with kind {' or '.join(repr(k) for k in kinds)}")
         if "num_samples" in changed:
             require(self.dataset == "mnist1d", "num_samples", "is only used with dataset 'mnist1d'")
         if self.dataset == "parquet":
@@ -171,6 +209,18 @@ class StreamConfig:
             c = BUILTIN_CLASSES[self.dataset]
             require(self.num_tasks <= c, "num_tasks",
                     f"'split' {self.dataset} has {c} classes, so at most {c} tasks")
+        if self.dataset == "core50" or self.kind in CORE50_KINDS:
+            require(self.dataset == "core50" and self.kind in CORE50_KINDS, "kind",
+                    "core50 has the kinds 'ni' (new instances: a task per training session) "
+                    "and 'nc' (new classes: a task per group of objects), and they are "
+                    f"core50's only; got dataset {self.dataset!r} with kind {self.kind!r}")
+        if self.kind == "ni":
+            n = len(CORE50_TRAIN_SESSIONS)
+            require(self.num_tasks == n, "num_tasks",
+                    f"'ni' has one task per training session: {n}, got {self.num_tasks}")
+        if self.kind == "nc":
+            require(self.num_tasks <= CORE50_OBJECTS, "num_tasks",
+                    f"'nc' has {CORE50_OBJECTS} objects, so at most {CORE50_OBJECTS} tasks")
         if self.kind == "tasks":
             require(self.dataset == "parquet", "kind",
                     "'tasks' reads a table's task column: needs dataset 'parquet'")
@@ -210,11 +260,17 @@ def make_stream(cfg: StreamConfig) -> TaskStream:
         >>> s.num_classes, s.tasks[1].classes[:3], tuple(s.tasks[0].x_train.shape[1:])
         (20, (10, 11, 12), (1, 8, 8))
     """
-    arrays = load_arrays(cfg)
-    data = _split(cfg, arrays)
-    parts = _parts(cfg, arrays, data)
+    if cfg.dataset == "core50":
+        parts, num_classes, shape = _core50_parts(cfg), CORE50_OBJECTS, BUILTIN_SHAPES["core50"]
+    else:
+        arrays = load_arrays(cfg)
+        parts = _parts(cfg, arrays, _split(cfg, arrays))
+        num_classes, shape = arrays.num_classes, arrays.shape
     parts = sc.subsample(parts, cfg.max_train_per_task, cfg.seed)
-    return sc.assemble(parts, cfg.scenario_name, arrays.num_classes, cfg.benchmark, arrays.shape)
+    stream = sc.assemble(parts, cfg.scenario_name, num_classes, cfg.benchmark, shape)
+    if cfg.augment:
+        stream = dataclasses.replace(stream, augment=Augmentation(cfg.augment, cfg.crop_padding))
+    return stream
 
 
 def load_arrays(cfg: StreamConfig) -> Arrays:
@@ -278,3 +334,30 @@ def _parts(cfg: StreamConfig, a: Arrays, data: sc.Split) -> list[sc.Part]:
         g = rng(cfg.seed, RNG_CLASSES) if cfg.shuffle_classes else None
         return sc.split_parts(data, sc.class_groups(np.unique(a.y).tolist(), cfg.num_tasks, g))
     return sc.table_parts(data, a.task_values)
+
+
+def _core50_parts(cfg: StreamConfig) -> list[sc.Part]:
+    """CORe50's NI or NC tasks (Lomonaco & Maltoni 2017): trained on the training sessions,
+    tested on sessions 3, 7, 10. NI: one task per training session (all 50 objects), each
+    tested on the whole test set. NC: one task per group of objects
+    (:func:`~llray.data.folders.core50_class_groups`), tested on those objects' test images."""
+    assert cfg.path is not None
+    c = read_core50(cfg.path)
+    x, y = torch.from_numpy(c.x), torch.from_numpy(c.obj)
+    train = np.isin(c.session, CORE50_TRAIN_SESSIONS)
+    test = torch.from_numpy(np.isin(c.session, CORE50_TEST_SESSIONS))
+    if cfg.kind == "ni":
+        xte, yte = x[test], y[test]  # one test set, shared by every task
+        return [sc.Part(f"session-{s}", x[m], y[m], xte, yte)
+                for s in CORE50_TRAIN_SESSIONS
+                for m in [torch.from_numpy(c.session == s)]]
+    order = np.arange(CORE50_OBJECTS)
+    if cfg.shuffle_classes:
+        order = rng(cfg.seed, RNG_CLASSES).permutation(order)
+    parts = []
+    for g in core50_class_groups(cfg.num_tasks, order):
+        of_g = torch.isin(y, torch.tensor(g))
+        tr, te = of_g & torch.from_numpy(train), of_g & test
+        parts.append(sc.Part(f"objects-[{','.join(str(o) for o in g)}]", x[tr], y[tr], x[te],
+                             y[te]))
+    return parts

@@ -20,6 +20,7 @@ import ray
 import torch
 
 from llray.data import Task, TaskStream
+from llray.data.augment import Augmentation
 
 _ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -36,6 +37,7 @@ class StreamHandle:
     input_shape: tuple[int, ...]
     num_classes: int
     nbytes: int  # bytes of all task arrays: one copy of the stream
+    augment: Augmentation | None = None  # the stream's training-batch augmentation
 
     @property
     def num_tasks(self) -> int:
@@ -58,6 +60,7 @@ def put_stream(stream: TaskStream) -> StreamHandle:
         input_shape=tuple(stream.input_shape),
         num_classes=stream.num_classes,
         nbytes=nbytes,
+        augment=stream.augment,
     )
 
 
@@ -69,7 +72,7 @@ def get_stream(handle: StreamHandle) -> TaskStream:
         for i, p in enumerate(payloads)
     )
     return TaskStream(tasks, handle.scenario, handle.benchmark, handle.input_shape,
-                      handle.num_classes)
+                      handle.num_classes, handle.augment)
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:

@@ -115,7 +115,8 @@ class ReservoirBuffer:
         """Offer a batch of items to the reservoir (Algorithm R, vectorised).
 
         Args:
-            x: ``[m, *input_shape]`` inputs.
+            x: ``[m, *input_shape]`` inputs; an empty buffer takes their dtype, so uint8
+                pixels stay uint8 in memory and in checkpoints.
             y: ``[m]`` labels.
             t: task id of all items, or ``[m]`` per-item task ids.
             generator: the run's strategy generator (one uniform draw per item once full).
@@ -125,6 +126,8 @@ class ReservoirBuffer:
             item ``items[i]``; callers storing extra per-item data write it the same way.
         """
         m = len(y)
+        if self.seen == 0 and x.dtype != self.x.dtype:  # keep uint8 pixels uint8 (4x smaller)
+            self.x = torch.zeros_like(self.x, dtype=x.dtype)
         target = reservoir_targets(self.seen, m, self.capacity, generator)
         slots, items = last_writer(target, self.capacity)
         slots, items = slots.to(self.device), items.to(self.device)
@@ -161,6 +164,8 @@ class ReservoirBuffer:
         """Restore :meth:`state_dict` into this buffer (same capacity and input shape)."""
         assert int(state["capacity"]) == self.capacity, "buffer capacity differs"
         n = len(state["y"])
+        if state["x"].dtype != self.x.dtype:  # a uint8 memory stays uint8
+            self.x = torch.zeros_like(self.x, dtype=state["x"].dtype)
         self.x.zero_()
         self.y.zero_()
         self.t.zero_()

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, NamedTuple
 
@@ -96,11 +96,17 @@ class Context:
     class_mask: Tensor | None = None  # [T, C] bool on device; set in task-IL only
     # every strategy draw; None: derived from ``generator``'s seed (``derive(seed, "strategy")``)
     strategy_generator: torch.Generator | None = None
+    augment: Callable[[Tensor], Tensor] | None = None  # training-batch augmentation
 
     def __post_init__(self) -> None:
         if self.strategy_generator is None:
             seed = self.generator.initial_seed()
             self.strategy_generator = seeding.generator(seed, seeding.STRATEGY)
+
+    def augmented(self, x: Tensor) -> Tensor:
+        """A training batch's inputs, augmented when the stream asks for it
+        (:mod:`llray.data.augment`); never used at evaluation."""
+        return x if self.augment is None else self.augment(x)
 
     @property
     def scenario(self) -> str:
@@ -196,7 +202,7 @@ class Strategy:
             total = torch.zeros((), device=ctx.device)
             for idx in ctx.batches(len(y)):
                 bt = t[idx] if per_sample_t else t
-                loss = self.loss(model, Batch(x[idx], y[idx], bt), task, ctx)
+                loss = self.loss(model, Batch(ctx.augmented(x[idx]), y[idx], bt), task, ctx)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.before_step(model, params, ctx)

@@ -97,6 +97,9 @@ class GEM(Strategy):
 
         One ``vmap`` over tasks of ``grad`` of a ``functional_call``: the cost of one
         forward and backward pass over the whole memory, linear in the number of tasks.
+        The model is in eval mode for it: a BatchNorm backbone normalises the memories with
+        its running statistics and the memory passes do not move them (models without
+        BatchNorm or dropout compute the same either way).
         """
         X, Y, T, W = self._stacked()  # [K, m, *in], [K, m], [K, m], [K, m]
         names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -107,7 +110,12 @@ class GEM(Strategy):
             return (F.cross_entropy(out, y, reduction="none") * w).sum() / w.sum()
 
         ps = {n: p.detach() for n, p in zip(names, params)}
-        grads = vmap(grad(task_loss), in_dims=(None, 0, 0, 0, 0))(ps, X, Y, T, W)
+        was_training = model.training
+        model.eval()  # BatchNorm uses (and leaves alone) its running statistics here
+        try:
+            grads = vmap(grad(task_loss), in_dims=(None, 0, 0, 0, 0))(ps, X, Y, T, W)
+        finally:
+            model.train(was_training)
         return torch.cat([grads[n].reshape(len(X), -1) for n in names], dim=1)
 
     def _stacked(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -118,7 +126,8 @@ class GEM(Strategy):
             m = max(len(r) for r in rows)
             idx = torch.stack([r[torch.arange(m, device=r.device) % len(r)] for r in rows])
             w = torch.stack([(torch.arange(m, device=r.device) < len(r)).float() for r in rows])
-            self._stack = (self.mem_x[idx], self.mem_y[idx], self.mem_t[idx], w.to(self.mem_x))
+            self._stack = (self.mem_x[idx], self.mem_y[idx], self.mem_t[idx],
+                           w.to(self.mem_x.device))
         return self._stack
 
     def project(

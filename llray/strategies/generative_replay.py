@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llray.config_base import require
+from llray.data.pixels import to_float
 from llray.data.stream import Task
 from llray.strategies.base import MASKED, Batch, Context, Strategy, register
 
@@ -221,7 +222,7 @@ class GenerativeReplay(Strategy):
 
     def before_task(self, model: nn.Module, task: Task, ctx: Context) -> None:
         if self.tasks_learned == 0:  # inputs in [0, 1] get a sigmoid generator output
-            x = task.x_train
+            x = to_float(task.x_train)
             self.generator.bounded = bool(x.min() >= 0) and bool(x.max() <= 1)
         self.prev_solver = self.prev_generator = None
         if self.tasks_learned > 0:
@@ -272,7 +273,7 @@ class GenerativeReplay(Strategy):
         gen, cfg = self.generator, self.config
         gen.train()
         opts = gen.optimizers(cfg.generator_lr)
-        x_all = task.x_train.flatten(1)
+        x_all = to_float(task.x_train).flatten(1)  # the generator learns floats in [0, 1]
         n_all, bs, r = len(x_all), ctx.train.batch_size, self._ratio()
 
         def mixed(idx: Tensor) -> Tensor:

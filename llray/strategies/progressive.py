@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llray.config_base import require
+from llray.data.pixels import to_float
 from llray.data.stream import Task
 from llray.errors import ConfigError
 from llray.models import hidden_widths, is_mlp
@@ -120,7 +121,7 @@ class ProgressiveNet(nn.Module):
         return col
 
     def forward(self, x: Tensor) -> Tensor:  # [N, *in] -> [N, num_classes]
-        x = x.flatten(1)
+        x = to_float(x).flatten(1)
         out = x.new_zeros(x.shape[0], self.num_classes)
         acts: list[list[Tensor]] = []
         for col in self.columns:
