@@ -3,7 +3,9 @@
 Each subcommand is one module in :mod:`llray.commands` that defines ``NAME``, ``HELP``,
 ``add_arguments(parser)`` and ``execute(args) -> int``; this file only dispatches.
 Exit codes: 0 success, 1 some run failed, 2 bad input (reported before any work, with
-nothing written).
+nothing written), 130 interrupted (SIGINT or SIGTERM, at any point of any command: one
+line and, where the command has one, how to continue; no traceback). A command module
+may define ``interrupted_hint(args) -> str | None`` for that line.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
+from llray import signals
 from llray.errors import ConfigError
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
 def _command_modules() -> list[ModuleType]:
@@ -40,11 +44,24 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser, modules = build_parser()
     args = parser.parse_args(argv)
+    module = modules[args.command]
+    previous = signals.sigterm_as_sigint()  # SIGTERM (kill, ray job stop) acts as Ctrl+C
     try:
-        return modules[args.command].execute(args)
+        return module.execute(args)
     except ConfigError as e:
         print(f"llray: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return _interrupted(module, args)
+    finally:
+        signals.restore(previous)
+
+
+def _interrupted(module: ModuleType, args: argparse.Namespace) -> int:
+    """One line on stderr (with the command's hint on how to continue), exit 130."""
+    hint = getattr(module, "interrupted_hint", lambda a: None)(args)
+    print(f"\nllray: interrupted{': ' + hint if hint else ''}", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from llray import seeding
 from llray.data.stream import TaskStream
 from llray.errors import Diverged
 from llray.strategies.base import Context, Strategy, TrainConfig
@@ -87,7 +88,8 @@ class LifelongRun:
             stream_info=self.stream,
             train=train,
             device=self.device,
-            generator=torch.Generator().manual_seed(seed),
+            generator=seeding.generator(seed),  # batch order only
+            strategy_generator=seeding.generator(seed, seeding.STRATEGY),
             class_mask=self.stream.class_mask(self.device) if stream.scenario == "task" else None,
         )
         self.model = strategy.setup(model.to(self.device), self.ctx)
@@ -166,11 +168,12 @@ class LifelongRun:
 
     # -- checkpoints ---------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly: model, strategy, RNG, R so far."""
+        """Everything needed to continue exactly: model, strategy, both RNGs, R so far."""
         return {
             "model": self.model.state_dict(),
             "strategy": self.strategy.state_dict(),
             "generator": self.ctx.generator.get_state(),
+            "strategy_generator": self.ctx.strategy_generator.get_state(),
             "R": torch.from_numpy(self.R.copy()),
             "step": self.step,
             "status": self.status,
@@ -181,9 +184,15 @@ class LifelongRun:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; ValueError for a checkpoint without the strategy
+        generator (written before common random numbers: it cannot resume exactly)."""
+        if "strategy_generator" not in state:
+            raise ValueError("checkpoint has no 'strategy_generator' state (written by an "
+                             "older llray); it cannot resume this run exactly")
         self.strategy.load_state_dict(state["strategy"])
         self.model.load_state_dict(state["model"])
         self.ctx.generator.set_state(state["generator"])
+        self.ctx.strategy_generator.set_state(state["strategy_generator"])
         self.R = state["R"].numpy().copy()
         self.step = int(state["step"])
         self.status = state["status"]

@@ -1,5 +1,6 @@
 """Compaction: the same runs in fewer files, idempotent, crash-safe, newest copy wins."""
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,10 @@ from llray.cli import main
 from llray.errors import ConfigError
 from llray.results import ResultsError, compact, finished_run_ids, load, write_run, write_runs
 from tests.test_results import make_run
+
+# the modules themselves: ``llray.results.compact`` is also the function re-exported there
+compact_module = importlib.import_module("llray.results.compact")
+read_module = importlib.import_module("llray.results.read")
 
 
 def data_files(root):
@@ -119,7 +124,7 @@ def test_crash_between_writing_and_removing_leaves_a_readable_store(store, monke
     def crash(fs, info):
         raise KeyboardInterrupt("power cut")
 
-    monkeypatch.setattr(results, "_remove_unchanged", crash)
+    monkeypatch.setattr(compact_module, "_remove_unchanged", crash)
     with pytest.raises(KeyboardInterrupt):
         compact(out)
     assert len(data_files(out)) == 16 + 1  # first merged file in place, nothing removed
@@ -136,7 +141,7 @@ def test_crash_between_writing_and_removing_leaves_a_readable_store(store, monke
 
 def test_file_written_again_during_compaction_stays_and_wins(store, monkeypatch):
     out, _ = store
-    write_atomic, raced = results._write_atomic, []
+    write_atomic, raced = compact_module._write_atomic, []
     newer = make_run("x3", seed=42)
 
     def write_then_race(fs, path, table, mtime_ns=None):
@@ -145,7 +150,7 @@ def test_file_written_again_during_compaction_stays_and_wins(store, monkeypatch)
             raced.append(path)
             write_run(out, *newer)
 
-    monkeypatch.setattr(results, "_write_atomic", write_then_race)
+    monkeypatch.setattr(compact_module, "_write_atomic", write_then_race)
     compact(out, experiment="exp")
     monkeypatch.undo()
     assert raced and "r_matrix/experiment=exp/x3.parquet" in data_files(out)  # not removed
@@ -216,17 +221,17 @@ def test_readers_list_again_when_a_compaction_removes_their_files(store, monkeyp
     out, _ = store
     before = load(out)
     expected = {e: analysis.run_metrics(out, engine=e) for e in ("duckdb", "pandas")}
-    fs, root = results._filesystem(out)
-    stale = {d: results._data_files(fs, f"{root}/{d}") for d in ("r_matrix", "runs")}
+    fs, root = read_module._filesystem(out)
+    stale = {d: read_module._data_files(fs, f"{root}/{d}") for d in ("r_matrix", "runs")}
     stale_paths = {d: analysis.parquet_files(out, d) for d in ("r_matrix", "runs")}
     compact(out)  # every listed file is gone now
-    real, calls = results._data_files, []
+    real, calls = read_module._data_files, []
 
     def listed_before_compaction(fs, base):
         calls.append(base)
         return stale.pop(base.rsplit("/", 1)[1], None) or real(fs, base)
 
-    monkeypatch.setattr(results, "_data_files", listed_before_compaction)
+    monkeypatch.setattr(read_module, "_data_files", listed_before_compaction)
     assert_same_load(before, load(out))
     assert len(calls) == 4  # each dataset listed, read in vain, listed again
     real_files = analysis.parquet_files
@@ -241,13 +246,13 @@ def test_readers_list_again_when_a_compaction_removes_their_files(store, monkeyp
 
 def test_a_file_removed_by_another_compaction_is_a_clear_error(store, monkeypatch):
     out, _ = store
-    scan = results._scan
+    scan = compact_module._scan
 
     def other_compaction_first(fs, base, schema, info, rank):
         Path(info.path).unlink()  # as if another process had merged and removed it
         return scan(fs, base, schema, info, rank)
 
-    monkeypatch.setattr(results, "_scan", other_compaction_first)
+    monkeypatch.setattr(compact_module, "_scan", other_compaction_first)
     with pytest.raises(ResultsError, match="removed while compacting"):
         compact(out, experiment="other")
     assert not [f for f in data_files(out) if "compact-" in f]  # nothing written

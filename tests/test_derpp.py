@@ -78,7 +78,7 @@ def test_loss_equals_the_formula_on_a_hand_built_buffer(scenario):
     s.logits[:n] = torch.randn(n, 4, generator=gen) * 3
     task = stream.tasks[1]
     batch = Batch(task.x_train[:4], task.y_train[:4], 1)
-    replica = torch.Generator().set_state(ctx.generator.get_state())
+    replica = torch.Generator().set_state(ctx.strategy_generator.get_state())
     i1 = s.buffer.sample_indices(k, replica).numpy()
     i2 = s.buffer.sample_indices(k, replica).numpy()
     assert len(set(i1.tolist()) | set(i2.tolist())) > 2

@@ -200,10 +200,10 @@ def test_er_loss_is_ce_of_the_concatenated_batch(scenario):
                        F.cross_entropy(ctx.logits(model, cur.x, 1), cur.y))
     strat.after_task(model, t0, ctx)
     assert len(strat.buffer) == 16 and (strat.buffer.t == 0).all()
-    state = ctx.generator.get_state()
+    state = ctx.strategy_generator.get_state()
     got = strat.loss(model, cur, t1, ctx)
-    ctx.generator.set_state(state)
-    mem = strat.buffer.sample(8, ctx.generator)  # the same draw
+    ctx.strategy_generator.set_state(state)
+    mem = strat.buffer.sample(8, ctx.strategy_generator)  # the same draw
     x = torch.cat([cur.x, mem.x])
     t = torch.cat([torch.ones(8, dtype=torch.long), mem.t])  # memory keeps task 0
     expect = F.cross_entropy(ctx.logits(model, x, t), torch.cat([cur.y, mem.y]))
@@ -220,10 +220,10 @@ def test_ratio_weights_current_and_memory_losses():
     strat.setup(model, ctx)
     strat.after_task(model, stream.tasks[0], ctx)
     cur = Batch(stream.tasks[1].x_train[:8], stream.tasks[1].y_train[:8], 1)
-    state = ctx.generator.get_state()
+    state = ctx.strategy_generator.get_state()
     got = strat.loss(model, cur, stream.tasks[1], ctx)
-    ctx.generator.set_state(state)
-    mem = strat.buffer.sample(5, ctx.generator)
+    ctx.strategy_generator.set_state(state)
+    mem = strat.buffer.sample(5, ctx.strategy_generator)
     expect = 0.7 * F.cross_entropy(model(cur.x), cur.y) + 0.3 * F.cross_entropy(model(mem.x), mem.y)
     torch.testing.assert_close(got, expect)
 

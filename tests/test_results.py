@@ -99,9 +99,10 @@ def test_schema_types_match_design():
         "benchmark": "string", "scenario": "string", "seed": "int64",
         "task_order": "list<item: int32>", "step": "int32", "train_task": "int32",
         "eval_task": "int32", "eval_pos": "int32", "accuracy": "double", "n_test": "int64",
+        "split": "string",
     }
     assert RUNS_SCHEMA.field("started_at").type == pa.timestamp("us", tz="UTC")
-    assert RUNS_SCHEMA.names[7:] == ["status", "acc", "bwt", "fwt", "forgetting", "wall_s",
+    assert RUNS_SCHEMA.names[7:] == ["status", "error", "acc", "bwt", "fwt", "forgetting", "wall_s",
                                      "train_samples_per_s", "config", "started_at",
                                      "finished_at"]
 
@@ -227,7 +228,7 @@ def test_atomic_write_leaves_no_temp_files(tmp_path, monkeypatch):
         where.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(results.pq, "write_table", broken)
+    monkeypatch.setattr(pq, "write_table", broken)
     with pytest.raises(OSError, match="disk full"):
         write_run(tmp_path / "fresh", *make_run())
     assert all_files(tmp_path / "fresh") == []
@@ -309,3 +310,62 @@ def test_docs_duckdb_grouped_query_matches_metrics(tmp_path):
     pytest.importorskip("duckdb")
     expected = _docs_fixture(tmp_path)
     _check_per_run(_run_doc_example("duckdb.sql", tmp_path), expected)
+
+
+def _as_old_llray_wrote_it(path, column):
+    """Rewrite a file without ``column``, as an llray from before the column wrote it."""
+    table = pq.read_table(path)
+    pq.write_table(table.drop_columns([column]), path)
+
+
+def test_split_and_error_columns_round_trip(tmp_path):
+    meta, res = make_run()
+    res.status, res.error = "failed", "RuntimeError: checkpoint directory is read-only"
+    write_run(tmp_path, meta, res)
+    loaded = load(tmp_path)
+    assert set(loaded.r_matrix.split) == {"test"}
+    assert loaded.runs.error.tolist() == ["RuntimeError: checkpoint directory is read-only"]
+    write_run(tmp_path, *make_run("run-ok"))
+    assert load(tmp_path).runs.set_index("run_id").error.isna().to_dict() == {
+        "run-a": False, "run-ok": True}
+
+
+def test_store_written_before_split_and_error_still_reads(tmp_path):
+    from llray import analysis
+
+    old, new = make_run("old", seed=1), make_run("new", seed=2)
+    write_run(tmp_path, *old)
+    _as_old_llray_wrote_it(tmp_path / "r_matrix/experiment=exp/old.parquet", "split")
+    _as_old_llray_wrote_it(tmp_path / "runs/experiment=exp/old.parquet", "error")
+    assert "split" not in pq.read_schema(tmp_path / "r_matrix/experiment=exp/old.parquet").names
+    write_run(tmp_path, *new)
+    loaded = load(tmp_path)
+    assert loaded.r_matrix.split.tolist() == ["test"] * len(loaded.r_matrix)
+    assert loaded.runs.error.isna().all() and len(loaded.runs) == 2
+    np.testing.assert_array_equal(r_matrix_of(loaded, "old"), old[1].R)
+    assert results.schema_problems(
+        pq.read_schema(tmp_path / "runs/experiment=exp/old.parquet"), RUNS_FILE_SCHEMA) == []
+    for engine in ("pandas", "duckdb"):
+        got = analysis.run_metrics(tmp_path, engine=engine).set_index("run_id")
+        assert got.loc["old", "acc"] == pytest.approx(metrics.acc(old[1].R))
+    stats = results.compact(tmp_path)  # the merged files hold the new columns
+    assert stats.files_after == 2
+    for f in Path(tmp_path).rglob("*.parquet"):
+        names = pq.read_schema(f).names
+        assert ("split" in names) if "r_matrix" in str(f) else ("error" in names)
+    pd.testing.assert_frame_equal(load(tmp_path).runs.sort_values("run_id", ignore_index=True),
+                                  loaded.runs.sort_values("run_id", ignore_index=True))
+
+
+def test_r_matrix_of_picks_the_split(tmp_path):
+    meta, res = make_run()
+    write_run(tmp_path, meta, res)
+    df = load(tmp_path).r_matrix
+    val = df.assign(split="val", accuracy=1.0)
+    both = pd.concat([df, val], ignore_index=True)
+    np.testing.assert_array_equal(r_matrix_of(both, meta.run_id), res.R)
+    assert (r_matrix_of(both, meta.run_id, split="val") == 1.0).all()
+    ids, R = r_matrix_stack(both)
+    np.testing.assert_array_equal(R[0], res.R)
+    with pytest.raises(KeyError, match="test rows only"):
+        r_matrix_of(df.drop(columns=["split"]), meta.run_id, split="val")

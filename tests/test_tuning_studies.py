@@ -204,7 +204,7 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(tmp_path, r
     first = _wait_for_trials(proc, 2, timeout=120)
     proc.send_signal(signal.SIGINT)  # Tune saves its state and stops
     proc.communicate(timeout=120)
-    assert len(first) == 2 and proc.returncode == 1  # unfinished trials: exit 1
+    assert len(first) == 2 and proc.returncode == 130  # interrupted: exit 130
 
     state = out / "tune" / "s"
     before = {t.trial_id: t for t in tune.ExperimentAnalysis(str(state)).trials}

@@ -22,6 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"rows per merged file (default {DEFAULT_MAX_ROWS:,})")
 
 
+def interrupted_hint(args: argparse.Namespace) -> str:
+    """After SIGINT/SIGTERM the store is whole (every run once); the rest merges later."""
+    return f"every run is still there; run 'llray compact {args.output}' again to finish"
+
+
 def execute(args: argparse.Namespace) -> int:
     from llray.results import compact
 

@@ -43,7 +43,7 @@ def execute(args: argparse.Namespace) -> int:
     label = spec.strategy.display
     if args.random < 0:
         raise ConfigError("--random", f"must be >= 0, got {args.random}")
-    output = output_dir(args, cfg.experiment)
+    output = args.output = output_dir(args, cfg.experiment)
     check_writable(output)
     stream = make_stream(cfg.stream)
     T = stream.num_tasks
@@ -65,6 +65,12 @@ def execute(args: argparse.Namespace) -> int:
     print(cu.summary_line(table))
     print(f"curriculum: {where}")
     return 1 if failed else 0
+
+
+def interrupted_hint(args: argparse.Namespace) -> str:
+    """How to continue after SIGINT/SIGTERM: finished runs are skipped on a rerun."""
+    where = f" --output {args.output}" if args.output else ""
+    return f"finished runs are kept; rerun to continue: llray curriculum {args.config}{where}"
 
 
 def _taskonomy(output, spec, seeds, stream, args) -> dict:

@@ -19,7 +19,6 @@ if TYPE_CHECKING:  # the command line imports every command: keep torch/Ray out 
 
 NAME = "run"
 HELP = "run the strategies x seeds x orders grid of an experiment config on Ray"
-EXIT_INTERRUPTED = 130
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,6 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "files once the sweep is done; see 'llray compact')")
 
 
+def interrupted_hint(args: argparse.Namespace) -> str:
+    """How to continue after SIGINT/SIGTERM (the command line exits 130 with it)."""
+    where = f" --output {args.output}" if args.output else ""
+    return (f"finished runs are kept; continue the others from their checkpoints with: "
+            f"llray run {args.config}{where} --resume")
+
+
 def checkpoint_root(cfg: ExperimentConfig, output: str) -> str:
     """The config's checkpoint location, or ``OUTPUT/checkpoints``; plain paths made absolute."""
     from llray.distributed.checkpoint import resolve
@@ -52,7 +58,7 @@ def execute(args: argparse.Namespace) -> int:
     from llray.results import check_writable, compact
 
     cfg = load_config(args.config)
-    output = output_dir(args, cfg.experiment)
+    output = args.output = output_dir(args, cfg.experiment)
     check_writable(output)
     ckpt = checkpoint_root(cfg, output)
     specs = _todo(cfg, output, ckpt) if args.resume else cfg.runs()
@@ -65,13 +71,8 @@ def execute(args: argparse.Namespace) -> int:
     options = SweepOptions(checkpoint=ckpt, max_retries=cfg.checkpoint.max_retries,
                            resume=args.resume, max_in_flight=args.max_in_flight)
     with _Progress(specs, cfg.stream.num_tasks, disable=args.no_progress) as progress:
-        try:
-            finished = run_sweep(specs, stream, output, options, on_task=progress.task,
-                                 on_run=progress.run)
-        except KeyboardInterrupt:
-            print(f"\ninterrupted: finished runs are in {output}; rerun with --resume to "
-                  "continue the others from their checkpoints", file=sys.stderr)
-            return EXIT_INTERRUPTED
+        finished = run_sweep(specs, stream, output, options, on_task=progress.task,
+                             on_run=progress.run)
     if not args.no_compact:
         compact(output, cfg.experiment)  # one file per run -> a few large files
     from llray.report import report

@@ -9,6 +9,7 @@ from llray.commands._common import add_ray_output_arguments, output_dir
 from llray.errors import ConfigError
 
 NAME = "tune"
+EXIT_INTERRUPTED = 130  # as the command line's: Tune caught SIGINT/SIGTERM and stopped
 HELP = "search hyperparameters and task orders of a study spec (Ray Tune + Optuna)"
 
 
@@ -40,7 +41,7 @@ def execute(args: argparse.Namespace) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
     study = load_spec(args.spec)
-    output = output_dir(args, study.study)
+    output = args.output = output_dir(args, study.study)
     _check_options(args)
     if args.backend == "tune":
         from llray.distributed.session import loopback_only
@@ -59,8 +60,14 @@ def execute(args: argparse.Namespace) -> int:
     if args.backend == "tune" and len(ended) < study.num_trials:
         print(f"study interrupted after {len(ended)} of {study.num_trials} trials; continue "
               f"with: llray tune {args.spec} --output {output} --resume", file=sys.stderr)
-        return 1
+        return EXIT_INTERRUPTED
     return 1 if any(r.status == "failed" for r in records) else 0
+
+
+def interrupted_hint(args: argparse.Namespace) -> str:
+    """How to continue after SIGINT/SIGTERM (the command line exits 130 with it)."""
+    where = f" --output {args.output}" if args.output else ""
+    return f"continue the study with: llray tune {args.spec}{where} --resume"
 
 
 def _check_options(args: argparse.Namespace) -> None:

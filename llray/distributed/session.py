@@ -54,6 +54,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         )
     else:
         ray.init(address=address, log_to_driver=False)
+    from llray import signals
+
+    signals.reinstall()  # ray.init replaced the command line's SIGTERM handler
 
 
 def alive_nodes() -> int:

@@ -118,7 +118,7 @@ class ReservoirBuffer:
             x: ``[m, *input_shape]`` inputs.
             y: ``[m]`` labels.
             t: task id of all items, or ``[m]`` per-item task ids.
-            generator: the run's CPU generator (one uniform draw per item once full).
+            generator: the run's strategy generator (one uniform draw per item once full).
 
         Returns:
             ``(slots, items)`` on the buffer's device: slot ``slots[i]`` now holds batch

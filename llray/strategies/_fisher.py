@@ -13,7 +13,7 @@ and the three ``kind`` values differ only in the distribution ``q_n`` of ``y``:
 - ``"empirical"``: the dataset's label, ``q_n = δ(y_n)`` (the "empirical Fisher", a
   different matrix; Kunstner et al. 2019, "Limitations of the empirical Fisher
   approximation for natural gradient descent").
-- ``"sampled"``: one ``y ~ p_θ(·|x_n)`` per sample, drawn from the run's generator: an
+- ``"sampled"``: one ``y ~ p_θ(·|x_n)`` per sample, drawn from the strategy generator: an
   unbiased one-sample Monte-Carlo estimate of the exact Fisher.
 
 **How.** Per-sample (and, for ``"exact"``, per-class) gradients come from ``vmap`` over
@@ -218,7 +218,7 @@ def _sample_labels(
     out = model(x)
     if mask is not None:
         out = mask(out, t)
-    p = F.softmax(out.double(), dim=-1).cpu()  # [B, C]; CPU for the run's generator
+    p = F.softmax(out.double(), dim=-1).cpu()  # [B, C]; CPU for the strategy generator
     return torch.multinomial(p, 1, generator=generator).squeeze(1).to(x.device)
 
 

@@ -90,7 +90,7 @@ class AGEM(Strategy):
     ) -> Tensor:
         """``g_ref`` ``[P]``: the gradient of the loss on a random memory batch."""
         assert self.buffer is not None and len(self.buffer) > 0
-        mem = self.buffer.sample(self.config.mem_batch_size, ctx.generator)
+        mem = self.buffer.sample(self.config.mem_batch_size, ctx.strategy_generator)
         loss = F.cross_entropy(ctx.logits(model, mem.x, mem.t), mem.y)
         return flatten(list(torch.autograd.grad(loss, params, allow_unused=True)), params)
 
@@ -114,7 +114,7 @@ class AGEM(Strategy):
     def after_task(self, model: nn.Module, task: Task, ctx: Context) -> None:
         if self.buffer is None:
             self.setup(model, ctx)
-        self.buffer.add(task.x_train, task.y_train, task.id, ctx.generator)
+        self.buffer.add(task.x_train, task.y_train, task.id, ctx.strategy_generator)
 
     def state_dict(self) -> dict:
         state: dict = {"projections": self.projections}

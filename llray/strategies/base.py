@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from llray import seeding
 from llray.config_base import from_dict, require
 from llray.data.stream import Task, TaskStream
 from llray.errors import ConfigError, Diverged
@@ -70,19 +71,36 @@ class Batch(NamedTuple):
 
 @dataclass
 class Context:
-    """What a strategy may know about the run: scenario, device, RNG, tasks seen so far.
+    """What a strategy may know about the run: scenario, device, RNGs, tasks seen so far.
 
-    ``generator`` is the run's own seeded CPU generator: every random draw of a
-    strategy goes through it, so a run is a pure function of its config and seed.
+    Two seeded CPU generators, owned by the run (common random numbers, see
+    :mod:`llray.seeding`):
+
+    - ``generator`` (``manual_seed(seed)``) draws the batch order and nothing else; use
+      it only through :meth:`batches`. Runs with the same seed therefore train on the
+      same batches whatever the strategy or its hyperparameters.
+    - ``strategy_generator`` (``manual_seed(derive(seed, "strategy"))``) takes every
+      draw of a strategy: memory batches, reservoir slots, sampled Fisher labels, MAS
+      samples, generator noise, seeds of new modules. Use it directly or through
+      :meth:`randint`.
+
+    Both are saved in checkpoints, so a run is a pure function of its config and seed.
     """
 
     stream_info: TaskStream  # scenario, num_classes, input_shape (use ``seen`` for data)
     train: TrainConfig
     device: torch.device
-    generator: torch.Generator
+    generator: torch.Generator  # batch order only (``batches``)
     seen: list[Task] = field(default_factory=list)  # tasks learned before the current one
     samples_trained: int = 0
     class_mask: Tensor | None = None  # [T, C] bool on device; set in task-IL only
+    # every strategy draw; None: derived from ``generator``'s seed (``derive(seed, "strategy")``)
+    strategy_generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy_generator is None:
+            seed = self.generator.initial_seed()
+            self.strategy_generator = seeding.generator(seed, seeding.STRATEGY)
 
     @property
     def scenario(self) -> str:
@@ -98,15 +116,20 @@ class Context:
         return out.masked_fill(~self.class_mask[t], MASKED)
 
     def batches(self, n: int, batch_size: int | None = None) -> Iterator[Tensor]:
-        """Index batches over ``range(n)`` in an order drawn from the run's generator."""
+        """Index batches over ``range(n)`` in an order drawn from the data-order generator."""
         bs = batch_size or self.train.batch_size
         perm = torch.randperm(n, generator=self.generator).to(self.device)
         for i in range(0, n, bs):
             yield perm[i : i + bs]
 
     def randint(self, high: int, size: int) -> Tensor:
-        """``size`` integers in ``[0, high)`` from the run's generator, on the device."""
-        return torch.randint(high, (size,), generator=self.generator).to(self.device)
+        """``size`` integers in ``[0, high)`` from the strategy generator, on the device."""
+        return torch.randint(high, (size,), generator=self.strategy_generator).to(self.device)
+
+    def strategy_seed(self) -> int:
+        """A fresh seed in ``[0, 2**62)`` from the strategy generator (to seed a module's
+        init or a device generator without touching the global RNG)."""
+        return int(torch.randint(2**62, (1,), generator=self.strategy_generator))
 
     def optimizer(self, params: Iterator[nn.Parameter] | list) -> torch.optim.Optimizer:
         cfg = self.train

@@ -126,8 +126,8 @@ class DERPP(Strategy):
         cfg = self.config
         if len(self.buffer) > 0 and (cfg.alpha > 0 or cfg.beta > 0):
             k = cfg.mem_batch_size or ctx.train.batch_size
-            i1 = self.buffer.sample_indices(k, ctx.generator)
-            i2 = self.buffer.sample_indices(k, ctx.generator)
+            i1 = self.buffer.sample_indices(k, ctx.strategy_generator)
+            i2 = self.buffer.sample_indices(k, ctx.strategy_generator)
             loss = loss + self.replay_loss(model, i1, i2, ctx)
         self.observe(batch, out.detach(), ctx)
         return loss
@@ -136,7 +136,7 @@ class DERPP(Strategy):
     def observe(self, batch: Batch, logits: Tensor, ctx: Context) -> None:
         """Reservoir-insert the batch, and write each stored item's logits to its slot."""
         assert self.buffer is not None and self.logits is not None
-        slots, items = self.buffer.add(batch.x, batch.y, batch.t, ctx.generator)
+        slots, items = self.buffer.add(batch.x, batch.y, batch.t, ctx.strategy_generator)
         self.logits[slots] = logits[items].to(self.logits)
 
     # -- checkpoints ------------------------------------------------------------------------

@@ -55,7 +55,7 @@ class EWCConfig:
         fisher: ``"exact"`` (expectation under the model's predictive distribution),
             ``"empirical"`` (true labels) or ``"sampled"`` (labels drawn from the model).
         fisher_samples: at most this many training samples of the task (drawn with the
-            run's generator) for the Fisher; None uses all of them.
+            strategy generator) for the Fisher; None uses all of them.
         fisher_batch: samples per vectorised Fisher chunk (memory vs speed).
         online: online EWC (one running Fisher, anchor = latest parameters).
         gamma: decay of the running Fisher in online EWC, in [0, 1].
@@ -202,7 +202,7 @@ class EWC(Strategy):
                 task.id,
                 kind=self.config.fisher,
                 mask=ctx.mask,
-                generator=ctx.generator,
+                generator=ctx.strategy_generator,
                 batch_size=self.config.fisher_batch,
             )
         finally:
@@ -234,7 +234,7 @@ class EWC(Strategy):
         k = self.config.fisher_samples
         if k is None or k >= len(y):
             return x, y
-        idx = torch.randperm(len(y), generator=ctx.generator)[:k].to(y.device)
+        idx = torch.randperm(len(y), generator=ctx.strategy_generator)[:k].to(y.device)
         return x[idx], y[idx]
 
     def _to(self, device: torch.device) -> None:

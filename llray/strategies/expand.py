@@ -86,7 +86,7 @@ class Expand(Strategy):
     def before_task(self, model: nn.Module, task: Task, ctx: Context) -> None:
         n = len(ctx.seen)
         if n > 0 and n % self.config.every == 0:
-            self.grow(model, ctx.generator)
+            self.grow(model, ctx.strategy_generator)
 
     def grow(self, model: nn.Module, generator: torch.Generator) -> None:
         """One growth step, as configured (function-preserving)."""

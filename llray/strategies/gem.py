@@ -11,7 +11,7 @@ solved through its dual (Eqs. 12-13) whenever some ``⟨g, g_k⟩ < 0``; see
 :mod:`llray.strategies._qp` for the exact solver (no quadprog needed) and the margin γ.
 
 Memories: ``memory_per_task`` samples of each task, drawn uniformly without
-replacement from its training set with the run's generator when the task ends (the
+replacement from its training set with the strategy generator when the task ends (the
 paper keeps the last samples of a single pass, which is a uniform sample for i.i.d.
 data; GEM only constrains on earlier tasks, so the current task's memory is not needed
 while it is learned). All memory gradients of one step come from one forward pass over
@@ -142,7 +142,7 @@ class GEM(Strategy):
     def after_task(self, model: nn.Module, task: Task, ctx: Context) -> None:
         """Store ``memory_per_task`` random training samples of the task."""
         n = len(task.y_train)
-        idx = torch.randperm(n, generator=ctx.generator)[: self.config.memory_per_task]
+        idx = torch.randperm(n, generator=ctx.strategy_generator)[: self.config.memory_per_task]
         idx = idx.to(task.y_train.device)
         x, y = task.x_train[idx], task.y_train[idx]
         t = torch.full_like(y, task.id)

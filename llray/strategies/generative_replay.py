@@ -206,7 +206,7 @@ class GenerativeReplay(Strategy):
 
     def setup(self, model: nn.Module, ctx: Context) -> nn.Module:
         dim = math.prod(ctx.stream_info.input_shape)
-        seed = int(torch.randint(2**62, (1,), generator=ctx.generator))
+        seed = ctx.strategy_seed()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             cls = WGANGP if self.config.generator == "gan" else VAE
@@ -232,8 +232,8 @@ class GenerativeReplay(Strategy):
         return self.config.ratio if self.config.ratio is not None else 1 / (self.tasks_learned + 1)
 
     def _device_generator(self, ctx: Context) -> torch.Generator:
-        """A generator on the run's device, seeded from the run's generator."""
-        seed = int(torch.randint(2**62, (1,), generator=ctx.generator))
+        """A generator on the run's device, seeded from the strategy generator."""
+        seed = ctx.strategy_seed()
         return torch.Generator(device=ctx.device).manual_seed(seed)
 
     def train_task(self, model: nn.Module, task: Task, ctx: Context) -> None:

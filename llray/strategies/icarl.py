@@ -171,7 +171,7 @@ class ICaRL(Strategy):
 
     def _select(self, model: nn.Module, xc: Tensor, m: int, ctx: Context) -> Tensor:
         if self.config.selection == "random":
-            perm = torch.randperm(len(xc), generator=ctx.generator).to(xc.device)
+            perm = torch.randperm(len(xc), generator=ctx.strategy_generator).to(xc.device)
             return perm[:m]
         return herding(normalized_features(model, xc), m)
 

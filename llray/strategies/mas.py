@@ -44,8 +44,8 @@ class MASConfig:
 
     Attributes:
         lambda_: penalty strength λ (>= 0; 0 is naive fine-tuning).
-        samples: at most this many training samples of each task (drawn with the run's
-            generator) estimate the importance; null uses all of them.
+        samples: at most this many training samples of each task (drawn with the
+            strategy generator) estimate the importance; null uses all of them.
     """
 
     lambda_: float = 1.0
@@ -130,7 +130,7 @@ class MAS(Strategy):
         x = task.x_train
         k = self.config.samples
         if k is not None and k < len(x):
-            x = x[torch.randperm(len(x), generator=ctx.generator)[:k].to(x.device)]
+            x = x[torch.randperm(len(x), generator=ctx.strategy_generator)[:k].to(x.device)]
         head = ctx.class_mask[task.id].to(x.dtype) if ctx.class_mask is not None else None
         was_training = model.training
         model.eval()

@@ -136,7 +136,7 @@ class Progressive(Strategy):
 
     ``setup`` replaces the run's MLP with a :class:`ProgressiveNet` of the same hidden
     widths (or ``hidden``). When a task arrives a new column is added (its init drawn
-    from the run's generator) with lateral connections from every earlier column's
+    from the strategy generator) with lateral connections from every earlier column's
     hidden layers; after the task the column is frozen (``requires_grad=False``) and
     training builds its optimizer over trainable parameters only, so no weight decay,
     momentum or other optimizer state ever touches an earlier column. There is no
@@ -176,7 +176,7 @@ class Progressive(Strategy):
         return self.net
 
     def before_task(self, model: nn.Module, task: Task, ctx: Context) -> None:
-        seed = int(torch.randint(2**62, (1,), generator=ctx.generator))
+        seed = ctx.strategy_seed()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model.add_column(task.classes)

@@ -106,7 +106,7 @@ class Replay(Strategy):
         if self.buffer is None or len(self.buffer) == 0 or r == 0:
             return F.cross_entropy(ctx.logits(model, batch.x, batch.t), batch.y)
         k = self.config.mem_batch_size or ctx.train.batch_size
-        mem = self.buffer.sample(k, ctx.generator)
+        mem = self.buffer.sample(k, ctx.strategy_generator)
         n = len(batch.y)
         x = torch.cat([batch.x, mem.x])  # [n + k, *in]: one forward pass for both
         t = torch.cat([_task_ids(batch.t, n, ctx.device), mem.t])  # [n + k]
@@ -118,7 +118,7 @@ class Replay(Strategy):
     def after_task(self, model: nn.Module, task: Task, ctx: Context) -> None:
         if self.buffer is None:
             self.setup(model, ctx)
-        self.buffer.add(task.x_train, task.y_train, task.id, ctx.generator)
+        self.buffer.add(task.x_train, task.y_train, task.id, ctx.strategy_generator)
 
     def state_dict(self) -> dict:
         return {"buffer": self.buffer.state_dict()} if self.buffer is not None else {}
