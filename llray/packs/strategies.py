@@ -8,9 +8,10 @@ tensors read from each member's own config. The per-task hooks (``before_task``,
 strategy code, run on their plain models with their own generators, so a run's state
 in a pack is the state it has alone (and checkpoints in the same format). Every random
 draw a step needs comes from the member's strategy generator in the order the run
-draws it alone; replay and A-GEM draw a whole epoch's memory indices when the epoch
-starts (the same numbers: a CPU generator's ``randint`` of ``S·k`` values equals ``S``
-draws of ``k``), so a step needs nothing from the host.
+draws it alone (batch order from ``ctx.generator``, every strategy draw from
+``ctx.strategy_generator``); replay and A-GEM draw a whole epoch's memory indices when
+the epoch starts (the same numbers: a CPU generator's ``randint`` of ``S·k`` values
+equals ``S`` draws of ``k``), so a step needs nothing from the host.
 
 Strategies with a pack version: naive, joint, ewc (every Fisher kind, online), replay,
 si, mas, lwf, agem, derpp. Fields in ``shared`` must be equal within a pack (they shape
@@ -47,8 +48,9 @@ class PackBatch:
 
 
 def strategy_generator(ctx: Context) -> torch.Generator:
-    """The generator a run's strategy draws from (its own one when the Context has it)."""
-    return getattr(ctx, "strategy_generator", ctx.generator)
+    """The generator every strategy draw of a run comes from (common random numbers:
+    the batch order has its own, ``ctx.generator``, used through ``ctx.batches``)."""
+    return ctx.strategy_generator
 
 
 def mean_ce(out: Tensor, y: Tensor, w: Tensor | None = None) -> Tensor:
