@@ -74,7 +74,7 @@ def test_masked_step_leaves_a_run_and_its_state_alone():
     opt.step(torch.tensor([True, False]))
     for b, p in zip(before, pm.parameters()):
         assert torch.equal(b[1], p[1]) and not torch.equal(b[0], p[0])
-    assert opt.t[0].tolist() == [1.0, 0.0] and torch.all(opt.m[0][1] == 0)
+    assert opt.t.tolist() == [1.0, 0.0] and torch.all(opt.m[0][1] == 0)
 
 
 # -- a pack's runs get the R they get alone ------------------------------------------------------

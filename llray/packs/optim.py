@@ -39,10 +39,15 @@ def _where(mask: Tensor | None, new: Tensor, old: Tensor) -> Tensor:
 
 
 class PackedOptimizer:
-    """Base: holds the parameters and their per-run hyperparameters."""
+    """Base: holds the parameters and, per parameter, its runs' hyperparameters shaped
+    ``[K, 1, ...]`` (built once, so a step launches no reshapes)."""
 
     def __init__(self, params: Sequence[nn.Parameter]) -> None:
         self.params = list(params)
+
+    def shaped(self, v: Tensor | None) -> list[Tensor | None]:
+        """``v [K]`` as ``[K, 1, ...]`` for each parameter (None stays None)."""
+        return [None if v is None else _per_run(v, p) for p in self.params]
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -50,9 +55,13 @@ class PackedOptimizer:
 
     @torch.no_grad()
     def step(self, mask: Tensor | None = None) -> None:
+        self._begin(mask)
         for i, p in enumerate(self.params):
             if p.grad is not None:
                 self._update(i, p, p.grad, mask)
+
+    def _begin(self, mask: Tensor | None) -> None:
+        """Per-step work shared by all parameters."""
 
     def _update(self, i: int, p: Tensor, g: Tensor, mask: Tensor | None) -> None:
         raise NotImplementedError
@@ -65,18 +74,23 @@ class PackedSGD(PackedOptimizer):
                  weight_decay: Tensor | None = None) -> None:
         super().__init__(params)
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self._lr, self._mom, self._wd = self.shaped(lr), self.shaped(momentum), \
+            self.shaped(weight_decay)
         self.bufs: list[Tensor | None] = [None] * len(self.params)
 
     def _update(self, i, p, g, mask):
-        if self.weight_decay is not None:
-            g = g.addcmul(p, _per_run(self.weight_decay, p))
-        if self.momentum is not None:
+        if self._wd[i] is not None:
+            g = g.addcmul(p, self._wd[i])
+        if self._mom[i] is not None:
             buf = self.bufs[i]
             # the first step's buffer is g itself (torch clones it): μ·0 + g == g exactly
-            new = g.clone() if buf is None else buf * _per_run(self.momentum, p) + g
+            new = g.clone() if buf is None else buf * self._mom[i] + g
             self.bufs[i] = new if buf is None or mask is None else _where(mask, new, buf)
             g = new
-        p.copy_(_where(mask, p - _per_run(self.lr, p) * g, p))
+        if mask is None:
+            p.sub_(self._lr[i] * g)
+        else:
+            p.copy_(_where(mask, p - self._lr[i] * g, p))
 
 
 class PackedAdam(PackedOptimizer):
@@ -86,26 +100,33 @@ class PackedAdam(PackedOptimizer):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         super().__init__(params)
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
+        self._wd = self.shaped(weight_decay)
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
-        self.t = [torch.zeros(len(lr), dtype=torch.float64, device=lr.device)
-                  for _ in self.params]  # [K] steps taken, per parameter and run
+        self.t = torch.zeros(len(lr), dtype=torch.float64, device=lr.device)  # [K] steps
+
+    def _begin(self, mask):
+        b1, b2 = self.betas
+        self.t = self.t + (1.0 if mask is None else mask.to(torch.float64))
+        bc1 = 1 - b1 ** self.t  # [K] in float64, as torch computes it in Python floats
+        step_size = (self.lr.double() / bc1).float()
+        bc2_sqrt = (1 - b2 ** self.t).sqrt().float()
+        self._step = self.shaped(step_size)
+        self._bc2 = self.shaped(bc2_sqrt)
 
     def _update(self, i, p, g, mask):
         b1, b2 = self.betas
-        if self.weight_decay is not None:
-            g = g.addcmul(p, _per_run(self.weight_decay, p))
-        t = self.t[i] + (1.0 if mask is None else mask.to(torch.float64))
+        if self._wd[i] is not None:
+            g = g.addcmul(p, self._wd[i])
         m = self.m[i].lerp(g, 1 - b1)
         v = (self.v[i] * b2).addcmul_(g, g, value=1 - b2)
-        bc1 = 1 - b1 ** t  # [K], float64 as torch computes it in Python floats
-        bc2_sqrt = (1 - b2 ** t).sqrt()
-        step_size = _per_run((self.lr.double() / bc1), p)
-        denom = (v.sqrt() / _per_run(bc2_sqrt, p)).add_(self.eps)
-        new = p - step_size * (m / denom)
+        denom = (v.sqrt() / self._bc2[i]).add_(self.eps)
+        if mask is None:
+            self.m[i], self.v[i] = m, v
+            p.sub_(self._step[i] * (m / denom))
+            return
         self.m[i], self.v[i] = _where(mask, m, self.m[i]), _where(mask, v, self.v[i])
-        self.t[i] = t
-        p.copy_(_where(mask, new, p))
+        p.copy_(_where(mask, p - self._step[i] * (m / denom), p))
 
 
 def packed_optimizer(params: Sequence[nn.Parameter], trains: Sequence[TrainConfig],
