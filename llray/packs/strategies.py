@@ -137,22 +137,23 @@ class PackStrategy:
         """Re-read the members' state after they were restored from checkpoints."""
 
     # -- the training loop -----------------------------------------------------------------------
-    def plan(self, runs: list[int], sizes: dict[int, int]) -> tuple[Tensor, Tensor, list]:
+    def plan(self, runs: list[int], sizes: dict[int, int]) -> tuple[Tensor, Tensor, Tensor]:
         """Each run's index batches for one epoch, drawn from its own generator.
 
         Returns ``idx [K, S, B]`` (long, device), ``valid [K, S, B]`` (bool, device) and
-        ``cpu_valid`` ``[K, S, B]`` (bool, CPU: which steps are full for the whole pack).
+        the same ``valid`` on the CPU (which steps are full for the whole pack), built
+        from the sizes alone: planning an epoch reads nothing back from the device.
         """
         B = self.batch_size
         S = max(math.ceil(sizes[k] / B) for k in runs)
-        idx = torch.zeros(self.K, S * B, dtype=torch.long)
+        idx = torch.zeros(self.K, S * B, dtype=torch.long, device=self.device)
         valid = torch.zeros(self.K, S * B, dtype=torch.bool)
         for k in runs:
-            perm = torch.cat(list(self.members[k].ctx.batches(sizes[k], B))).cpu()
+            perm = torch.cat(list(self.members[k].ctx.batches(sizes[k], B)))
             idx[k, : len(perm)] = perm
-            valid[k, : len(perm)] = True
-        idx, valid = idx.view(self.K, S, B), valid.view(self.K, S, B)
-        return idx.to(self.device), valid.to(self.device), valid
+            valid[k, : sizes[k]] = True
+        valid = valid.view(self.K, S, B)
+        return idx.view(self.K, S, B), valid.to(self.device), valid
 
     def fit(self, runs: list[int], data: dict[int, tuple[Tensor, Tensor, Tensor]]) -> None:
         """``train.epochs`` epochs of batched steps; each run on its own ``(x, y, t)``.
@@ -173,6 +174,7 @@ class PackStrategy:
         for _ in range(self.train.epochs):
             idx, valid, cpu_valid = self.plan(runs, sizes)
             S = idx.shape[1]
+            self.real = cpu_valid.sum(-1)  # [K, S] real samples per run and step (CPU)
             steps = {k: int(cpu_valid[k].any(-1).sum()) for k in runs}
             self.epoch_start(runs, steps, S)
             on_all = cpu_valid.all(-1).all(0).tolist()  # [S]: every run steps on a full batch
@@ -478,7 +480,7 @@ class PackDERPP(_Buffered):
             self.members[k].strategy.config.alpha > 0 or self.members[k].strategy.config.beta > 0)]
         if use:
             loss = loss + self._replay(use)
-        self._observe(active, batch, out.detach())
+        self._observe(active, batch, out.detach(), s)
         return loss
 
     def _replay(self, use: list[int]) -> Tensor:
@@ -504,8 +506,8 @@ class PackDERPP(_Buffered):
         return a * mse + b * ce
 
     @torch.no_grad()
-    def _observe(self, active: list[int], batch: PackBatch, out: Tensor) -> None:
-        real = [batch.y.shape[1]] * self.K if batch.w is None else batch.w.sum(1).long().tolist()
+    def _observe(self, active: list[int], batch: PackBatch, out: Tensor, s: int) -> None:
+        real = self.real[:, s].tolist()  # known on the host: no device read-back
         for k in active:
             n = real[k]
             m = self.members[k]
