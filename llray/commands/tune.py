@@ -43,6 +43,9 @@ def execute(args: argparse.Namespace) -> int:
     study = load_spec(args.spec)
     output = args.output = output_dir(args, study.study)
     _check_options(args)
+    if args.backend == "tune" and study.resources.pack > 1:
+        raise ConfigError("resources.pack", "the Ray Tune backend trains one trial per actor "
+                                            "(docs/tuning.md, 'Packs'); use --backend optuna")
     if args.backend == "tune":
         from llray.distributed.session import loopback_only
 
