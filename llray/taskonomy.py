@@ -199,11 +199,12 @@ def jobs(num_tasks: int, seeds: Sequence[int]) -> list[Job]:
 
 def _learn(spec: RunSpec, handle: Any) -> tuple[np.ndarray, str, float]:
     """Ray task body: learn the sub-stream ``handle`` in its order; R, status, seconds."""
-    from llray.distributed.actor import pick_device, set_threads
+    from llray.distributed.actor import pick_device, set_threads, warm
     from llray.distributed.streaming import get_stream
     from llray.experiment import execute
 
     set_threads()
+    warm()  # the first job on a worker imports torch's optimizer machinery here
     stream = get_stream(handle)
     res = execute(replace(spec, order=tuple(range(stream.num_tasks))), stream, pick_device())
     return res.R, res.status, res.wall_s
@@ -214,8 +215,15 @@ def run_pairs(
     spec: RunSpec,
     seeds: Sequence[int],
     on_job: Callable[[Job, int, int], None] | None = None,
+    fixed_cluster: bool = False,
+    wait_message_s: float = 30.0,
 ) -> pd.DataFrame:
     """Learn every :func:`jobs` stream on Ray (already connected); one row per job.
+
+    Like the sweep driver, it keeps in flight only what the alive nodes fit (the other
+    jobs wait in the driver; Ray reuses each worker process for job after job), refuses
+    resources no node has on a ``fixed_cluster`` (the embedded Ray), and on a real
+    cluster says what it waits for when nothing fits for ``wait_message_s``.
 
     Args:
         stream: the full :class:`~llray.data.TaskStream`; each task goes into the
@@ -225,28 +233,56 @@ def run_pairs(
         seeds: model-init and batch-order seeds; a pair and the scratch run it is
             compared with share their seed, hence their initialisation.
         on_job: called as ``on_job(job, done, total)`` when a job finishes.
+        fixed_cluster: the cluster cannot grow: resources no node has are an error.
+        wait_message_s: how long nothing may move before the wait is stated.
 
     Returns:
         Columns ``seed, kind, source, target, status, wall_s`` and the R entries
         ``init_source, source_after_source, target_after_source, source_final,
         target_final, init_target`` (NaN where they do not apply, or where the job
         diverged; a job whose code raised or whose worker died has status ``failed``).
+
+    Raises:
+        ConfigError: ``fixed_cluster`` and no node can hold one job (resource named).
     """
+    import sys
+    import time
+    from collections import deque
+
     import ray
     from ray.exceptions import RayError
 
+    from llray.distributed import capacity
     from llray.distributed.streaming import put_stream
+    from llray.distributed.sweep import check_fits, in_flight_limit
 
+    shape = capacity.shape_of(spec.resources)
+    if fixed_cluster:
+        check_fits(shape, capacity.alive_nodes())
     handle = put_stream(stream)
     remote = ray.remote(_learn).options(num_cpus=spec.resources.num_cpus,
                                         num_gpus=spec.resources.num_gpus)
     todo = jobs(stream.num_tasks, seeds)
-    refs = {remote.remote(replace(spec, seed=job.seed), _sub_handle(handle, job.tasks)): job
-            for job in todo}
-    rows, pending = [], list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        job = refs[done[0]]
+    waiting, refs = deque(todo), {}
+    rows: list[dict[str, Any]] = []
+    moved = told = time.monotonic()
+    while waiting or refs:
+        limit = in_flight_limit(shape, capacity.alive_nodes())
+        while waiting and len(refs) < limit:
+            job = waiting.popleft()
+            refs[remote.remote(replace(spec, seed=job.seed), _sub_handle(handle, job.tasks))] = job
+        done, _ = ray.wait(list(refs), num_returns=1, timeout=5.0) if refs else ([], [])
+        if not done:
+            now = time.monotonic()
+            if limit == 0 and now - max(moved, told) >= wait_message_s:
+                told = now
+                print(capacity.waiting_message(shape, len(waiting), len(refs), now - moved,
+                                               False), file=sys.stderr, flush=True)
+            if not refs:
+                time.sleep(1.0)
+            continue
+        moved = time.monotonic()
+        job = refs.pop(done[0])
         try:
             R, status, wall = ray.get(done[0])
         except RayError:  # the job's code raised or its worker died: NaN, status failed

@@ -9,6 +9,7 @@ a restart from a checkpoint must give exactly the same R.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -260,6 +261,32 @@ def test_interrupted_driver_resumed_writes_only_missing_runs(cluster, stream, re
     for s in specs:
         np.testing.assert_array_equal(R[s.run_id], reference[s.seed])
     assert CheckpointStore(str(ckpt)).run_ids() == set()
+
+
+def test_a_run_no_node_holds_is_a_stated_wait_until_a_node_joins(cluster, stream, reference,
+                                                                capsys):
+    c, _ = cluster
+    [spec] = config(seeds=[0], resources={"num_cpus": 3}).runs()  # every node has 2 CPUs
+    added = []
+
+    def join_later():  # what an autoscaler would do with the stated demand
+        time.sleep(3.0)
+        added.append(c.add_node(num_cpus=3))
+
+    joiner = threading.Thread(target=join_later)
+    joiner.start()
+    try:
+        [f] = run_sweep([spec], stream, None, SweepOptions(poll_s=0.5, wait_message_s=1.0))
+    finally:
+        joiner.join()
+        for node in added:
+            c.remove_node(node)
+    assert f.result.status == "ok" and f.attempts[0].node_id == added[0].node_id
+    np.testing.assert_array_equal(f.result.R, reference[0])
+    err = capsys.readouterr().err
+    assert "llray: waiting" in err and "1 run(s) need 3 CPU each" in err
+    assert "requested from the autoscaler" in err
+    assert "3 alive nodes with 6 CPU, 2 GPU in all" in err  # what the cluster had
 
 
 def test_node_removed_mid_sweep_loses_and_duplicates_nothing(cluster, stream, reference,

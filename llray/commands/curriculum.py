@@ -44,6 +44,10 @@ def execute(args: argparse.Namespace) -> int:
     if args.random < 0:
         raise ConfigError("--random", f"must be >= 0, got {args.random}")
     output = args.output = output_dir(args, cfg.experiment)
+    from llray.commands.run import check_cluster, sweep_options
+
+    options = sweep_options(args, cfg)
+    check_cluster(spec.resources, args)
     check_writable(output)
     stream = make_stream(cfg.stream)
     T = stream.num_tasks
@@ -57,7 +61,7 @@ def execute(args: argparse.Namespace) -> int:
           f"{len(specs)} runs to do", file=sys.stderr)
     failed = 0
     if specs:
-        failed = _run(specs, stream, output, cfg, args)
+        failed = _run(specs, stream, output, cfg, args, options)
     table, per_run = cu.compare(output, spec.experiment + cu.SUFFIX, label, cands)
     title = f"{cfg.experiment}: {label} on {stream.benchmark}, {len(cfg.seeds)} seed(s) per order"
     where = cu.write(output, label, table, cu.plot(table, per_run, title))
@@ -86,21 +90,24 @@ def _taskonomy(output, spec, seeds, stream, args) -> dict:
         return {}
     else:
         print("taskonomy: computing the pairwise transfer first", file=sys.stderr)
-        connect(args.address, args.num_cpus)
-        pairs = tx.run_pairs(stream, spec, seeds)
+        connect(args.address, args.num_cpus, dashboard=args.dashboard)
+        pairs = tx.run_pairs(stream, spec, seeds, fixed_cluster=args.address is None)
         report(output, spec, seeds, pairs, stream.num_tasks, "transfer-forgetting")
         aff, curr = tx.load(output, spec.strategy.display)
     return {f"taskonomy-{r.name}": tuple(r.order) for r in curr.itertuples()}
 
 
-def _run(specs, stream, output, cfg, args) -> int:
+def _run(specs, stream, output, cfg, args, options) -> int:
+    from dataclasses import replace
+
     from llray.commands.run import checkpoint_root
     from llray.distributed.session import connect
 
-    connect(args.address, args.num_cpus)
-    from llray.distributed.sweep import SweepOptions, run_sweep
+    connect(args.address, args.num_cpus, dashboard=args.dashboard)
+    from llray.distributed.sweep import failure_lines, run_sweep
 
-    options = SweepOptions(checkpoint=checkpoint_root(cfg, output),
-                           max_retries=cfg.checkpoint.max_retries)
+    options = replace(options, checkpoint=checkpoint_root(cfg, output))
     finished = run_sweep(specs, stream, output, options)
+    for line in failure_lines(finished):
+        print(f"llray: {line}", file=sys.stderr)
     return sum(f.result.status == "failed" for f in finished)

@@ -33,16 +33,20 @@ def execute(args: argparse.Namespace) -> int:
     from llray.distributed.session import connect
     from llray.results import check_writable
 
+    from llray.commands.run import check_cluster
+
     cfg = load_config(args.config)
     spec = tx.template(cfg, args.strategy)
     output = output_dir(args, cfg.experiment)
+    check_cluster(spec.resources, args)
     check_writable(output)
     stream = make_stream(cfg.stream)
-    connect(args.address, args.num_cpus)
+    connect(args.address, args.num_cpus, dashboard=args.dashboard)
     total = len(tx.jobs(stream.num_tasks, cfg.seeds))
     print(f"taskonomy: {stream.num_tasks} tasks, {len(cfg.seeds)} seed(s), "
           f"strategy {spec.strategy.display}: {total} short runs", file=sys.stderr)
-    pairs = tx.run_pairs(stream, spec, cfg.seeds, on_job=_progress)
+    pairs = tx.run_pairs(stream, spec, cfg.seeds, on_job=_progress,
+                         fixed_cluster=args.address is None)
     return report(output, spec, cfg.seeds, pairs, stream.num_tasks, args.score)
 
 

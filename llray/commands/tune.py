@@ -53,6 +53,9 @@ def execute(args: argparse.Namespace) -> int:
         from llray.tuning.tune_backend import check_start
 
         check_start(output, study, args.resume)
+        from llray.commands.run import check_resources
+
+        check_resources(study.resources, args)  # embedded Ray: what no trial could get
     stream = make_stream(study.experiment.stream)
     check_writable(output)
     records = _tune(study, output, stream, args) if args.backend == "tune" else \
@@ -88,7 +91,7 @@ def _tune(study, output: str, stream, args: argparse.Namespace) -> list:
     from llray.distributed.session import connect
     from llray.tuning.tune_backend import run_tune
 
-    connect(args.address, args.num_cpus)
+    connect(args.address, args.num_cpus, dashboard=args.dashboard)
     return run_tune(study, output, resume=args.resume, stream=stream)
 
 

@@ -7,7 +7,11 @@ it. Reusing the actor for the sweep's next run saves starting a Python process a
 importing torch for every run. After each task the actor checkpoints model, strategy
 state, RNG state and R so far (:mod:`llray.distributed.checkpoint`); a run loaded with
 ``resume=True`` continues from that checkpoint, so the tasks before it are not trained
-again. The learning itself is :mod:`llray.learner`.
+again; a checkpoint that cannot be read is moved aside (``<run_id>.pt.bad``), reported
+in :meth:`LearnerActor.info`, and the run starts over. An actor warms up when it starts
+(:func:`warm`: torch's optimizer machinery, which imports ``torch._dynamo``), while Ray
+is still placing the sweep's other actors, so a run's first task does not pay for it.
+The learning itself is :mod:`llray.learner`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import ray
 import torch
 
 from llray.config import RunSpec
-from llray.distributed.checkpoint import FORMAT, CheckpointStore
+from llray.distributed.checkpoint import FORMAT, CheckpointError, CheckpointStore
 from llray.distributed.streaming import StreamHandle, get_stream
 from llray.experiment import build_run, utc_now
 from llray.learner import LifelongRun, RunResult
@@ -49,6 +53,20 @@ def set_threads() -> int:
     return n
 
 
+def warm() -> float:
+    """Run one optimizer step on a tiny model: the imports a first task would pay.
+
+    The first ``torch.optim`` optimizer imports ``torch._dynamo`` (about as long as
+    importing torch itself). Returns the seconds it took.
+    """
+    t0 = time.perf_counter()
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.zeros(1, 2)).sum().backward()
+    opt.step()
+    return time.perf_counter() - t0
+
+
 def _to_device(obj: Any, device: str) -> Any:
     """Tensors inside nested dicts/lists/tuples moved to ``device``."""
     if isinstance(obj, torch.Tensor):
@@ -72,11 +90,13 @@ class LearnerActor:
     def __init__(self, stream: StreamHandle, store: CheckpointStore | None) -> None:
         self.threads = set_threads()
         self.device = pick_device()
+        self.warm_s = warm()
         self.stream = get_stream(stream)
         self.store = store
         self.spec: RunSpec | None = None
         self.run: LifelongRun | None = None
         self.runs_hosted = 0
+        self.checkpoint_problem: str | None = None
 
     def load(self, spec: RunSpec, resume: bool) -> tuple[Step, dict[str, Any]]:
         """Build ``spec``'s run (from its checkpoint if ``resume`` and there is one).
@@ -87,22 +107,37 @@ class LearnerActor:
         self.spec, self.run = spec, build_run(spec, self.stream, self.device)
         self.started_at: datetime = utc_now()
         self.wall_before = 0.0  # wall seconds of earlier attempts (from the checkpoint)
-        state = None
+        self.checkpoint_problem = None
         if self.store is not None and resume:
-            state = self.store.load(spec.run_id)
+            self._resume()
         elif self.store is not None:
             self.store.delete(spec.run_id)  # a fresh start: a retry must not find an old one
-        if state is not None:
-            self._restore(state)
         self.resumed_from = self.run.step
         self.t0 = time.perf_counter()
         self.runs_hosted += 1
         self.run.start()
         return (self.run.step, self.run.R[self.run.step], self.run.status), self.info()
 
+    def _resume(self) -> None:
+        """Restore the run from its checkpoint; one that cannot be read is moved aside."""
+        run_id = self.spec.run_id
+        try:
+            state = self.store.load(run_id)
+            if state is not None:
+                self._restore(state)
+        except Exception as e:  # noqa: BLE001 - any unreadable file: start over, say why
+            where = self.store.quarantine(run_id)
+            self.checkpoint_problem = (f"checkpoint {self.store.path(run_id)} could not be read "
+                                       f"({type(e).__name__}: {e}); moved to {where}, the run "
+                                       "starts over")
+            self.run = build_run(self.spec, self.stream, self.device)  # undo a partial load
+            self.started_at, self.wall_before = utc_now(), 0.0
+
     def _restore(self, state: dict) -> None:
-        assert state.get("format") == FORMAT, f"checkpoint format {state.get('format')}"
-        assert state["run_id"] == self.spec.run_id, "checkpoint belongs to another run"
+        if state.get("format") != FORMAT:
+            raise ValueError(f"checkpoint format {state.get('format')!r}, expected {FORMAT}")
+        if state.get("run_id") != self.spec.run_id:
+            raise ValueError(f"the checkpoint belongs to run {state.get('run_id')!r}")
         run_state = state["run"]
         if self.device != "cpu":
             run_state = {**run_state, "strategy": _to_device(run_state["strategy"], self.device)}
@@ -111,13 +146,18 @@ class LearnerActor:
         self.wall_before = float(state["wall_s"])
 
     def _checkpoint(self) -> None:
-        self.store.save(self.spec.run_id, {
+        state = {
             "format": FORMAT,
             "run_id": self.spec.run_id,
             "run": self.run.state_dict(),
             "started_at": self.started_at.isoformat(),
             "wall_s": self._wall(),
-        })
+        }
+        try:
+            self.store.save(self.spec.run_id, state)
+        except Exception as e:  # noqa: BLE001 - OSError, pyarrow's errors: say where and why
+            raise CheckpointError(f"cannot write the checkpoint to {self.store.root}: "
+                                  f"{type(e).__name__}: {e}") from None
 
     def _wall(self) -> float:
         return self.wall_before + time.perf_counter() - self.t0
@@ -133,6 +173,8 @@ class LearnerActor:
             "cuda_initialized": torch.cuda.is_initialized(),
             "loaded_at": self.loaded_at,  # unix time the current run was loaded
             "runs_hosted": self.runs_hosted,  # runs this actor has loaded, this one included
+            "warm_s": self.warm_s,  # seconds the start-up warm-up took
+            "checkpoint_problem": self.checkpoint_problem,  # an unreadable checkpoint, moved aside
         }
 
     def learn_next(self) -> Step:

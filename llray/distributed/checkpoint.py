@@ -32,7 +32,13 @@ from urllib.parse import urlparse
 import torch
 from pyarrow import fs as pafs
 
+from llray.errors import ConfigError
+
 FORMAT = 1  # bumped when the layout of the saved dict changes
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (the message says where and why)."""
 
 
 def is_uri(path: str) -> bool:
@@ -52,6 +58,35 @@ def is_node_local(path: str) -> bool:
 def resolve(path: str) -> str:
     """``path`` made absolute when it is a plain path (actors do not share the driver's cwd)."""
     return path if is_uri(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def check_writable(root: str) -> None:
+    """Check, before any work, that checkpoints can be written under a plain path ``root``.
+
+    Nothing is created: the directory, or its nearest existing parent, must be a
+    writable directory. URIs (``s3://``...) are not checked here; a failed write there
+    fails the run with the storage's own reason.
+
+    Raises:
+        ConfigError: ``checkpoint.path``, naming the directory and why.
+
+    Example:
+        >>> import tempfile
+        >>> check_writable(tempfile.mkdtemp() + "/not/yet/there")
+    """
+    if is_uri(root) and urlparse(root).scheme != "file":
+        return
+    path = os.path.abspath(urlparse(root).path if is_uri(root) else os.path.expanduser(root))
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        problem = f"{probe!r} is not a directory"
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        problem = f"{probe!r} is not writable"
+    else:
+        return
+    raise ConfigError("checkpoint.path", f"cannot write checkpoints to {root!r}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -90,6 +125,20 @@ class CheckpointStore:
         with fs.open_input_stream(path) as f:
             data = f.read()
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+    def quarantine(self, run_id: str) -> str:
+        """Move ``run_id``'s checkpoint aside to ``<run_id>.pt.bad``; returns that path.
+
+        A file that cannot be read is kept for inspection but no longer found by
+        :meth:`load` or :meth:`run_ids`, so the next attempt starts the run over.
+        """
+        fs, _ = self._fs()
+        path = self.path(run_id)
+        bad = f"{path}.bad"
+        if fs.get_file_info(bad).type == pafs.FileType.File:
+            fs.delete_file(bad)
+        fs.move(path, bad)
+        return bad
 
     def delete(self, run_id: str) -> None:
         """Remove ``run_id``'s checkpoint (no error if there is none)."""

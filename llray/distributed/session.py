@@ -10,9 +10,13 @@ local ``ray.init()`` and keeps the token in ``~/.ray/auth_token``); llray never 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
 from llray.distributed.checkpoint import is_node_local
+from llray.errors import ConfigError
+
+PROBE_TIMEOUT_S = 10.0  # a cluster address that does not accept a connection in this time
 
 
 def loopback_only() -> None:
@@ -26,7 +30,8 @@ def loopback_only() -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> None:
+def connect(address: str | None = None, num_cpus: int | None = None,
+            dashboard: bool = False) -> None:
     """Start or join Ray once per process.
 
     Args:
@@ -34,9 +39,17 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
             token authentication on); ``"auto"`` (inside ``ray job submit``) or
             ``"HOST:PORT"`` joins an existing cluster.
         num_cpus: CPUs of the embedded Ray (default: all of this machine's).
+        dashboard: start the embedded Ray's dashboard (on 127.0.0.1).
+
+    Raises:
+        ConfigError: ``--address`` names no reachable Ray cluster (after at most
+            :data:`PROBE_TIMEOUT_S` for a ``HOST:PORT`` that does not answer).
     """
     if address is None:
         loopback_only()
+        # the learners run at the user's priority like any other process (Ray's default
+        # starts workers at nice 15, behind every other program on the machine)
+        os.environ.setdefault("RAY_worker_niceness", "0")
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
         print("llray: warning: RAY_AUTH_MODE=disabled turns off Ray's token authentication;"
               " anyone who can reach this Ray can run code on it", file=sys.stderr)
@@ -45,18 +58,60 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     if address is None:
+        from llray.distributed.capacity import local_gpus
+
+        gpus = local_gpus()  # as Ray counts them; given explicitly so checks agree
         ray.init(
             address="local",  # a new Ray of our own, even if another runs on this machine
             num_cpus=num_cpus or os.cpu_count() or 1,
-            include_dashboard=False,
+            **({"num_gpus": gpus} if gpus is not None else {}),
+            include_dashboard=dashboard,
             dashboard_host="127.0.0.1",
             log_to_driver=False,
         )
     else:
-        ray.init(address=address, log_to_driver=False)
+        probe(address)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as e:
+            raise ConfigError("--address", f"no Ray cluster at {address!r}: "
+                                           f"{str(e).splitlines()[0]}") from None
     from llray import signals
 
     signals.reinstall()  # ray.init replaced the command line's SIGTERM handler
+
+
+def probe(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Fail fast when ``HOST:PORT`` is not a Ray (gRPC) server answering within ``timeout``.
+
+    Ray itself retries an address that refuses connections, or accepts them and never
+    answers, for many minutes. This opens a TCP connection, sends the HTTP/2 client
+    preface and waits for the server's SETTINGS frame, which every gRPC server (Ray's
+    GCS) sends at once. ``auto`` and ``ray://`` addresses are left to Ray (``auto``
+    fails at once when no cluster runs here); with ``RAY_USE_TLS`` only TCP is checked.
+
+    Raises:
+        ConfigError: the address is unreachable or silent (``--address``, with the reason).
+    """
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as conn:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("0", "false", ""):
+                conn.settimeout(timeout)
+                conn.sendall(_H2_PREFACE)
+                frame = conn.recv(9)
+                if len(frame) < 9 or frame[3] != 0x4:  # 0x4: SETTINGS
+                    raise OSError("it answered, but not as a gRPC (Ray GCS) server")
+    except OSError as e:
+        reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise ConfigError("--address", f"cannot reach a Ray cluster at {address!r} "
+                                       f"within {timeout:g} s: {reason}") from None
+
+
+# HTTP/2 connection preface + an empty SETTINGS frame (RFC 9113, section 3.4)
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 
 
 def alive_nodes() -> int:
