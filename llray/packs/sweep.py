@@ -30,18 +30,17 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from llray.config import RunSpec
-from llray.distributed.actor import pick_device, set_threads
-from llray.distributed.checkpoint import FORMAT, CheckpointStore, resolve
-from llray.distributed.streaming import StreamHandle, get_stream, put_stream
+from llray.distributed.actor import pick_device, set_threads, warm
+from llray.distributed.checkpoint import FORMAT, CheckpointError, CheckpointStore
+from llray.distributed.streaming import StreamHandle, get_stream
 from llray.distributed.sweep import (
-    LOST, Attempt, Finished, SweepOptions, TaskEvent, _kill, default_in_flight, meta_for,
+    LOST, Attempt, Finished, SweepOptions, TaskEvent, _reason, _Run, _Sweep, run_name,
 )
 from llray.experiment import build_run, utc_now
 from llray.learner import LifelongRun, RunResult
 from llray.packs.grouping import group_packs
 from llray.packs.run import PackRun, build_pack
 from llray.packs.strategies import PACKED
-from llray.results import write_run
 
 Event = tuple[int, int, np.ndarray, str]  # (member, step, R row, status)
 
@@ -85,6 +84,7 @@ class PackActor:
     def __init__(self, stream: StreamHandle, store: CheckpointStore | None) -> None:
         self.threads = set_threads()
         self.device = pick_device()
+        self.warm_s = warm()
         self.stream = get_stream(stream).to(self.device)  # on the device once per actor
         self.store = store
         self.packs_hosted = 0
@@ -96,16 +96,9 @@ class PackActor:
         self.pack = self._build()
         self.started_at: datetime = utc_now()
         self.wall_before = 0.0
-        states = [self.store.load(s.run_id) for s in specs] if self.store and resume else []
-        self.resumed_from = 0
-        if states and all(s is not None for s in states):
-            try:
-                self.pack.load_state_dicts([s["run"] for s in states])
-                self.started_at = datetime.fromisoformat(states[0]["started_at"])
-                self.wall_before = max(float(s["wall_s"]) for s in states)
-                self.resumed_from = self.pack.step
-            except ValueError:  # checkpoints from different steps: start the pack over
-                self.pack = self._build()
+        self.resumed_from, self.checkpoint_problem = 0, None
+        if self.store is not None and resume:
+            self._resume()
         if self.resumed_from == 0 and self.store is not None:
             for s in specs:
                 self.store.delete(s.run_id)
@@ -115,6 +108,35 @@ class PackActor:
         events = [(k, m.step, m.R[m.step], m.status) for k, m in enumerate(self.pack.members)]
         return events, self.info(), self.pack.done
 
+    def _resume(self) -> None:
+        """Restore every run from its checkpoint when all have one at a common step; a
+        checkpoint that cannot be read is moved aside and the pack starts over."""
+        states = []
+        for spec in self.specs:
+            try:
+                state = self.store.load(spec.run_id)
+                if state is not None and (state.get("format") != FORMAT
+                                          or state.get("run_id") != spec.run_id):
+                    raise ValueError(f"checkpoint format {state.get('format')!r} of run "
+                                     f"{state.get('run_id')!r}")
+            except Exception as e:  # noqa: BLE001 - any unreadable file: start over, say why
+                where = self.store.quarantine(spec.run_id)
+                self.checkpoint_problem = (f"checkpoint {self.store.path(spec.run_id)} could "
+                                           f"not be read ({type(e).__name__}: {e}); moved to "
+                                           f"{where}, the pack starts over")
+                return
+            states.append(state)
+        if not all(s is not None for s in states):
+            return  # some run has none: the pack starts over
+        try:
+            self.pack.load_state_dicts([s["run"] for s in states])
+        except ValueError:  # checkpoints from different steps: start the pack over
+            self.pack = self._build()
+            return
+        self.started_at = datetime.fromisoformat(states[0]["started_at"])
+        self.wall_before = max(float(s["wall_s"]) for s in states)
+        self.resumed_from = self.pack.step
+
     def _build(self) -> PackRun | SingleRun:
         if len(self.specs) == 1:
             return SingleRun(build_run(self.specs[0], self.stream, self.device))
@@ -123,7 +145,8 @@ class PackActor:
     def info(self) -> dict[str, Any]:
         return {"node_id": ray.get_runtime_context().get_node_id(), "device": self.device,
                 "threads": self.threads, "resumed_from": self.resumed_from,
-                "pid": os.getpid(), "runs": len(self.specs), "packs_hosted": self.packs_hosted}
+                "pid": os.getpid(), "runs": len(self.specs), "packs_hosted": self.packs_hosted,
+                "warm_s": self.warm_s, "checkpoint_problem": self.checkpoint_problem}
 
     def _wall(self) -> float:
         return self.wall_before + time.perf_counter() - self.t0
@@ -137,9 +160,13 @@ class PackActor:
         if self.store is not None:
             wall = self._wall()
             for spec, state in zip(self.specs, self.pack.state_dicts()):
-                self.store.save(spec.run_id, {"format": FORMAT, "run_id": spec.run_id,
-                                              "run": state, "wall_s": wall,
-                                              "started_at": self.started_at.isoformat()})
+                try:
+                    self.store.save(spec.run_id, {"format": FORMAT, "run_id": spec.run_id,
+                                                  "run": state, "wall_s": wall,
+                                                  "started_at": self.started_at.isoformat()})
+                except Exception as e:  # noqa: BLE001 - say where and why
+                    raise CheckpointError(f"cannot write the checkpoint to {self.store.root}: "
+                                          f"{type(e).__name__}: {e}") from None
         out = [(k, self.pack.members[k].step, row, "ok") for k, row in rows.items()]
         for k, m in enumerate(self.pack.members):
             if before[k] == "ok" and m.status != "ok":
@@ -154,17 +181,17 @@ class PackActor:
 
 
 @dataclass
-class _Unit:
-    specs: list[RunSpec]
-    attempts: list[list[Attempt]] = field(default_factory=list)  # per run
-    actor: Any = None
-    tries: int = 0
+class _Pack(_Run):
+    """A pack in the sweep engine's place of a run: ``spec`` is its first run's."""
+
+    specs: list[RunSpec] = field(default_factory=list)
+    member_attempts: list[list[Attempt]] = field(default_factory=list)  # per run
 
 
 def run_packed(specs, stream, output, options: SweepOptions | None = None,
                on_task=None, on_run=None) -> list[Finished]:
     """:func:`~llray.distributed.sweep.run_sweep` for ``resources.pack > 1`` (same
-    arguments and result): the grid grouped into packs, one pack per actor."""
+    arguments and result): the grid grouped into packs, one pack per slot."""
     options = options or SweepOptions()
     packs = group_packs(specs, specs[0].resources.pack)
     unpacked = sorted({p[0].strategy.name for p in packs if p[0].strategy.name not in PACKED})
@@ -174,118 +201,85 @@ def run_packed(specs, stream, output, options: SweepOptions | None = None,
     return _PackSweep(packs, stream, output, options, on_task, on_run).run()
 
 
-class _PackSweep:
+class _PackSweep(_Sweep):
+    """The sweep engine's loop (slots, capacity, waits, restarts) with a pack per slot."""
+
     def __init__(self, packs, stream, output, options, on_task, on_run) -> None:
-        self.stream, self.output, self.opt = stream, output, options
-        self.on_task, self.on_run = on_task, on_run
-        self.pending = deque(_Unit(p) for p in packs)
-        self.resources = packs[0][0].resources
-        self.store = CheckpointStore(resolve(options.checkpoint)) if options.checkpoint else None
-        self.active: dict[ray.ObjectRef, tuple[_Unit, str]] = {}
-        self.finished: list[Finished] = []
+        super().__init__([p[0] for p in packs], stream, output, options, on_task, on_run)
+        self.pending = deque(_Pack(p[0], specs=list(p), member_attempts=[[] for _ in p])
+                             for p in packs)
 
-    def run(self) -> list[Finished]:
-        self.handle = put_stream(self.stream)
-        limit = self.opt.max_in_flight or default_in_flight(self.pending[0].specs[0])
-        try:
-            while self.pending or self.active:
-                while self.pending and len(self.active) < limit:
-                    self._launch(self.pending.popleft(), None)
-                [ref], _ = ray.wait(list(self.active), num_returns=1)
-                u, kind = self.active.pop(ref)
-                try:
-                    self._handle(ref, u, kind)
-                except BaseException:  # a callback raised, or Ctrl-C: stop this one too
-                    self._kill(u)
-                    raise
-        finally:
-            for u, _ in self.active.values():
-                self._kill(u)
-            self.active.clear()
-        return self.finished
-
-    def _kill(self, u: _Unit) -> None:
-        for a in u.attempts:
-            a[-1].ended = a[-1].ended or time.time()
-        _kill(u.actor, Attempt())
-
-    def _launch(self, u: _Unit, actor: Any) -> None:
-        resume = self.opt.resume or u.tries > 0
-        if not u.attempts:
-            u.attempts = [[] for _ in u.specs]
-        for a in u.attempts:
-            a.append(Attempt())
+    def _new_actor(self) -> Any:
         res = self.resources
-        u.actor = actor or PackActor.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus).remote(
+        return PackActor.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus).remote(
             self.handle, self.store)
-        self.active[u.actor.load.remote(u.specs, resume)] = (u, "load")
 
-    def _handle(self, ref, u: _Unit, kind: str) -> None:
+    def _launch(self, r: _Pack, slot) -> None:
+        resume = self.opt.resume or bool(r.attempts)
+        r.attempts.append(Attempt())
+        for a in r.member_attempts:
+            a.append(Attempt())
+        r.slot, slot.run = slot, r
+        self._call(r, "load", r.actor.load.remote(r.specs, resume))
+
+    def _handle(self, ref: ray.ObjectRef, r: _Pack, kind: str) -> None:
         try:
             out = ray.get(ref)
         except LOST as e:
-            self._error(u, f"{type(e).__name__}: {e}")
+            self._error(r, f"{type(e).__name__}: {e}")
             if isinstance(e, RayActorError) and e.actor_init_failed:
-                return self._fail(u)
-            self._kill(u)
-            u.tries += 1
-            return self._fail(u) if u.tries > self.opt.max_retries else self._launch(u, None)
+                return self._fail(r, _reason(e), healthy=False)
+            return self._restart(r)
         except RayTaskError as e:
-            self._error(u, f"{type(e).__name__}: {e}")
-            return self._fail(u)
+            self._error(r, f"{type(e).__name__}: {e}")
+            return self._fail(r, _reason(e), healthy=True)
+        r.slot.placed = True
         if kind == "result":
-            return self._complete(u, *out)
+            return self._complete(r, *out)
+        events, done = [], out[-1]
         if kind == "load":
-            events, info, _ = out
-            for a in u.attempts:
+            _, info, _ = out
+            for a in [r.attempts, *r.member_attempts]:
                 a[-1].node_id, a[-1].device, a[-1].info = info["node_id"], info["device"], info
                 a[-1].resumed_from = info["resumed_from"]
-            events = []  # nothing learned yet
+            if info.get("checkpoint_problem"):
+                print(f"llray: warning: pack of {run_name(r.spec)}: "
+                      f"{info['checkpoint_problem']}", file=sys.stderr, flush=True)
         else:
             events = out[0]
+            r.attempts[-1].trained += 1
         for k, step, row, status in events:
-            if status == "ok":
-                u.attempts[k][-1].trained += 1
-                if self.on_task is not None:
-                    a = u.attempts[k][-1]
-                    self.on_task(TaskEvent(u.specs[k], step, row, len(u.attempts[k]) - 1,
-                                           a.node_id, u.actor))
-        done = out[-1]
-        call = u.actor.result.remote() if done else u.actor.learn_next.remote()
-        self.active[call] = (u, "result" if done else "learn")
+            if status != "ok":
+                continue
+            a = r.member_attempts[k][-1]
+            a.trained += 1
+            if self.on_task is not None:
+                self.on_task(TaskEvent(r.specs[k], step, row, len(r.member_attempts[k]) - 1,
+                                       a.node_id, r.actor))
+        call = r.actor.result.remote() if done else r.actor.learn_next.remote()
+        self._call(r, "result" if done else "learn", call)
 
-    def _error(self, u: _Unit, msg: str) -> None:
-        for a in u.attempts:
+    def _error(self, r: _Pack, msg: str) -> None:
+        for a in [r.attempts, *r.member_attempts]:
             a[-1].error = msg
 
-    def _complete(self, u: _Unit, results: list[RunResult], started: datetime,
+    def _complete(self, r: _Pack, results: list[RunResult], started: datetime,
                   finished: datetime) -> None:
-        actor, u.actor = u.actor, None
-        for a in u.attempts:
+        for a in [r.attempts, *r.member_attempts]:
             a[-1].ended = time.time()
-        if self.pending and self.opt.reuse_actors:
-            self._launch(self.pending.popleft(), actor)
-        else:
-            _kill(actor, Attempt())
-        for spec, res, att in zip(u.specs, results, u.attempts):
+        self._next_run(r)
+        for spec, res, att in zip(r.specs, results, r.member_attempts):
             self._record(Finished(spec, res, started, finished, att))
             if self.store is not None and not self.opt.keep_checkpoints:
                 self.store.delete(spec.run_id)
 
-    def _fail(self, u: _Unit) -> None:
-        self._kill(u)
+    def _fail(self, r: _Pack, reason: str, healthy: bool) -> None:
+        self._drop_calls(r)
+        self._next_run(r, healthy)
         now = utc_now()
-        for spec, att in zip(u.specs, u.attempts):
+        for spec, att in zip(r.specs, r.member_attempts):
             T = len(spec.order)
             res = RunResult(R=np.full((T + 1, T), np.nan), order=spec.order, status="failed",
                             n_test=np.zeros(T, dtype=np.int64), wall_s=0.0, train_s=0.0,
-                            samples_trained=0, error=att[-1].error)
+                            samples_trained=0, error=reason)
             self._record(Finished(spec, res, now, now, att))
-
-    def _record(self, done: Finished) -> None:
-        if self.output is not None:
-            write_run(self.output, meta_for(done.spec, done.started_at, done.finished_at,
-                                            self.stream), done.result)
-        self.finished.append(done)
-        if self.on_run is not None:
-            self.on_run(done)
