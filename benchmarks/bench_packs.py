@@ -14,9 +14,11 @@ optimizer step) of K small models, per model, for
   timed over one epoch of a task.
 
 Part 2 (``--part sweep``): sweep throughput (runs per minute) of the quickstart grid
-(jobs/quickstart.yaml: permuted digits, 5 tasks, MLP 64-100-100-10, Adam, 3 epochs) at
-``--seeds`` seeds per strategy, ``resources: {pack: 16}`` vs ``{pack: 1}``, through the
-real sweep driver on an embedded Ray with 2 CPUs (one actor per CPU), side by side.
+(jobs/quickstart.yaml: permuted digits, 5 tasks, MLP 64-100-100-10, Adam, 3 epochs;
+naive, EWC, replay, joint) at ``--seeds`` seeds per strategy, ``resources: {pack: 16}``
+vs ``{pack: 1}``, each grid one sweep through the real sweep driver on an embedded Ray
+with 2 CPUs (one actor per CPU), side by side: the whole sweep, and per strategy in
+steady state (runs per minute of slot time, without Ray and actor start-up).
 
 CPU only (torch threads 1 per actor). The machine is shared: the load average is
 printed with the numbers.
@@ -164,36 +166,50 @@ def kernels(Ks: list[int]) -> None:
 
 
 def sweep(seeds: int, pack_sizes: list[int], strategies: list[str]) -> None:
-    import ray
+    """The quickstart grid (``strategies`` × ``seeds`` seeds) as one sweep per pack size.
 
-    from llray.config import load_config, parse_config
-    from llray.data import make_stream
-    from llray.distributed.sweep import SweepOptions, run_sweep
+    Prints the whole sweep's runs per minute (Ray and actor start-up included) and, per
+    strategy, the steady-state rate: its runs divided by the slot time they held (a
+    run's or pack's own wall time; 2 slots run at once).
+    """
+    import ray
     import yaml
 
+    from llray.config import parse_config
+    from llray.data import make_stream
+    from llray.distributed.sweep import SweepOptions, run_sweep
+
     job = os.path.join(os.path.dirname(__file__), "..", "jobs", "quickstart.yaml")
-    base = yaml.safe_load(open(job))
-    entries = {e if isinstance(e, str) else e["name"]: e for e in base["strategies"]}
+    with open(job) as f:
+        base = yaml.safe_load(f)
+    entries = [e for e in base["strategies"]
+               if (e if isinstance(e, str) else e["name"]) in strategies]
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    print(f"quickstart grid, {seeds} seeds per strategy, embedded Ray with 2 CPUs, "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    for name in strategies:
-        rate = {}
-        for K in pack_sizes:
-            cfg = parse_config({**base, "strategies": [entries[name]],
-                                "seeds": list(range(seeds)), "resources": {"num_cpus": 1,
-                                                                           "pack": K}})
-            stream = make_stream(cfg.stream)
-            with tempfile.TemporaryDirectory() as tmp:
-                t0 = time.perf_counter()
-                done = run_sweep(cfg.runs(), stream, None, SweepOptions(checkpoint=tmp))
-                wall = time.perf_counter() - t0
-            assert all(f.result.status == "ok" for f in done)
-            rate[K] = len(done) / wall * 60
-            print(f"  {name:7s} pack {K:3d}: {len(done)} runs in {wall:6.1f} s = "
-                  f"{rate[K]:6.1f} runs/min (load {os.getloadavg()[0]:.1f})", flush=True)
-        ks = sorted(rate)
-        print(f"  {name:7s} pack {ks[-1]} / pack {ks[0]}: {rate[ks[-1]] / rate[ks[0]]:.1f}x")
+    print(f"quickstart grid: {len(entries)} strategies x {seeds} seeds, embedded Ray with "
+          f"2 CPUs (2 slots), load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    rates: dict[int, dict[str, float]] = {}
+    for K in pack_sizes:
+        cfg = parse_config({**base, "strategies": entries, "seeds": list(range(seeds)),
+                            "resources": {"num_cpus": 1, "pack": K}})
+        stream = make_stream(cfg.stream)
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            done = run_sweep(cfg.runs(), stream, None, SweepOptions(checkpoint=tmp))
+            wall = time.perf_counter() - t0
+        assert all(f.result.status == "ok" for f in done)
+        rates[K] = {"all": len(done) / wall * 60}
+        for name in {f.spec.strategy.display for f in done}:
+            mine = [f for f in done if f.spec.strategy.display == name]
+            # slot time: each unpacked run's wall, each pack's wall once (its runs share it)
+            held = sum(f.result.wall_s for f in mine) / (K if K > 1 else 1)
+            rates[K][name] = len(mine) / (held / 2) * 60
+        print(f"  pack {K:3d}: {len(done)} runs in {wall:6.1f} s = {rates[K]['all']:6.1f} "
+              f"runs/min; steady state per strategy: " + ", ".join(
+                  f"{n} {r:.1f}" for n, r in sorted(rates[K].items()) if n != "all")
+              + f" runs/min (load {os.getloadavg()[0]:.1f})", flush=True)
+    lo, hi = min(pack_sizes), max(pack_sizes)
+    print(f"  pack {hi} / pack {lo}: " + ", ".join(
+        f"{n} {rates[hi][n] / rates[lo][n]:.1f}x" for n in sorted(rates[lo])))
     ray.shutdown()
 
 
