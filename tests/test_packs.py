@@ -230,3 +230,18 @@ def test_strategies_without_a_pack_version_say_they_run_unpacked():
                        {"name": "replay", "buffer_size": 50, "label": "b"}], "permuted", seeds=(0,))
     with pytest.raises(ConfigError, match="replay.buffer_size: must be equal within a pack"):
         build_pack(cfg.runs(), make_stream(cfg.stream))
+
+
+def test_a_convnet_pack_matches_each_run_alone():
+    cfg = parse_config({
+        "stream": {"dataset": "digits", "kind": "permuted", "num_tasks": 2},
+        "model": {"name": "convnet", "channels": [4, 8]},
+        "train": {"epochs": 1, "batch_size": 32, "lr": 0.05, "momentum": 0.9},
+        "strategies": [{"name": "ewc", "lambda_": 1, "fisher": "sampled", "label": "a"},
+                       {"name": "ewc", "lambda_": 10, "label": "b"}],
+        "seeds": [0, 1], "orders": ["identity", [1, 0]]})
+    specs = mixed(cfg.runs(), 4)
+    stream = make_stream(cfg.stream)
+    for a, p in zip([execute(s, stream) for s in specs], train_pack(specs, stream)):
+        assert p.status == a.status == "ok"
+        np.testing.assert_allclose(p.R, a.R, atol=0.02, rtol=0)
