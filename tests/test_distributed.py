@@ -267,26 +267,25 @@ def test_a_run_no_node_holds_is_a_stated_wait_until_a_node_joins(cluster, stream
                                                                 capsys):
     c, _ = cluster
     [spec] = config(seeds=[0], resources={"num_cpus": 3}).runs()  # every node has 2 CPUs
-    added = []
-
-    def join_later():  # what an autoscaler would do with the stated demand
-        time.sleep(3.0)
-        added.append(c.add_node(num_cpus=3))
-
-    joiner = threading.Thread(target=join_later)
-    joiner.start()
+    got: list = []
+    sweep = threading.Thread(target=lambda: got.extend(run_sweep(
+        [spec], stream, None, SweepOptions(poll_s=0.5, wait_message_s=1.0))), daemon=True)
+    sweep.start()
+    time.sleep(3.0)
+    added = [c.add_node(num_cpus=3)]  # what an autoscaler would do with the stated demand
     try:
-        [f] = run_sweep([spec], stream, None, SweepOptions(poll_s=0.5, wait_message_s=1.0))
+        sweep.join(timeout=120)
+        assert not sweep.is_alive(), "the sweep did not start the run on the new node"
     finally:
-        joiner.join()
-        for node in added:
-            c.remove_node(node)
+        c.remove_node(added[0])
+    [f] = got
     assert f.result.status == "ok" and f.attempts[0].node_id == added[0].node_id
     np.testing.assert_array_equal(f.result.R, reference[0])
     err = capsys.readouterr().err
     assert "llray: waiting" in err and "1 run(s) need 3 CPU each" in err
     assert "requested from the autoscaler" in err
-    assert "3 alive nodes with 6 CPU, 2 GPU in all" in err  # what the cluster had
+    first = err.split("llray: waiting")[1]  # said before the node joined
+    assert "the cluster has 3 alive nodes with 6 CPU, 2 GPU in all" in first
 
 
 def test_node_removed_mid_sweep_loses_and_duplicates_nothing(cluster, stream, reference,

@@ -73,10 +73,10 @@ def describe(nodes: Sequence[Mapping[str, float]], free: Mapping[str, float],
     """One line on what the cluster has: node count, totals and what is free now.
 
     Example:
-        >>> describe([{"CPU": 2.0}, {"CPU": 2.0}], {"CPU": 1.0}, {"CPU": 1.0, "GPU": 1.0})
-        '2 alive nodes with 4 CPU, 0 GPU in all, 1 CPU, 0 GPU free now'
+        >>> describe([{"CPU": 2.0}, {"CPU": 2.0, "GPU": 1.0}], {"CPU": 1.0}, {"CPU": 1.0})
+        '2 alive nodes with 4 CPU, 1 GPU in all, 1 CPU, 0 GPU free now'
     """
-    totals = {k: sum(n.get(k, 0.0) for n in nodes) for k in shape}
+    totals = {k: sum(n.get(k, 0.0) for n in nodes) for k in _keys(shape)}
     return (f"{len(nodes)} alive node{'s' if len(nodes) != 1 else ''} with "
             f"{_amounts(totals, shape)} in all, {_amounts(free, shape)} free now")
 
@@ -144,6 +144,10 @@ def _num(x: float) -> str:
     return f"{x:g}"
 
 
+def _keys(shape: Shape) -> list[str]:
+    """The resources a message shows: the shape's, and GPU always."""
+    return list(shape) if "GPU" in shape else [*shape, "GPU"]
+
+
 def _amounts(res: Mapping[str, float], shape: Shape) -> str:
-    keys = list(shape) if "GPU" in shape else [*shape, "GPU"]
-    return ", ".join(f"{_num(res.get(k, 0.0))} {k}" for k in keys)
+    return ", ".join(f"{_num(res.get(k, 0.0))} {k}" for k in _keys(shape))
