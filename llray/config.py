@@ -60,14 +60,21 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
 
 @dataclass(frozen=True)
 class Resources:
-    """What each run's Ray actor asks for; fractional GPUs pack runs on one card."""
+    """What each run's Ray actor asks for; fractional GPUs pack runs on one card.
+
+    ``pack`` > 1 trains up to that many runs of one stream, model and strategy as one
+    batched model on one actor, which asks for ``num_cpus``/``num_gpus`` once for the
+    whole pack (:mod:`llray.packs`); 1 (default) is one run per actor.
+    """
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    pack: int = 1
 
     def __post_init__(self) -> None:
         require(self.num_cpus > 0, "num_cpus", f"must be > 0, got {self.num_cpus}")
         require(self.num_gpus >= 0, "num_gpus", f"must be >= 0, got {self.num_gpus}")
+        require(self.pack >= 1, "pack", f"must be an integer >= 1, got {self.pack}")
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,9 @@ def execute(args: argparse.Namespace) -> int:
 
     check_name(output, study, args.backend, args.resume, args.storage,
                joining=args.worker is not None)
+    if args.backend == "tune" and study.resources.pack > 1:
+        raise ConfigError("resources.pack", "the Ray Tune backend trains one trial per actor "
+                                            "(docs/tuning.md, 'Packs'); use --backend optuna")
     if args.backend == "tune":
         from llray.distributed.session import loopback_only
 

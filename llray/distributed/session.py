@@ -118,6 +118,8 @@ def probe(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
 
 # HTTP/2 connection preface + an empty SETTINGS frame (RFC 9113, section 3.4)
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
 def resolve_address(address: str | None) -> str | None:
     """``--address auto`` as the cluster it means: ``RAY_ADDRESS`` (set by ``ray job
     submit``) or the cluster ``ray start`` last started on this machine.

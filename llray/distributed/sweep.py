@@ -243,6 +243,10 @@ def run_sweep(
     """
     if not specs:
         return []
+    if specs[0].resources.pack > 1:  # K runs per actor, as one batched model
+        from llray.packs.sweep import run_packed
+
+        return run_packed(specs, stream, output, options, on_task, on_run)
     return _Sweep(list(specs), stream, output, options or SweepOptions(), on_task, on_run).run()
 
 

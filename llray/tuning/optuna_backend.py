@@ -126,10 +126,18 @@ def run_optuna(
     stream = stream if stream is not None else make_stream(study.experiment.stream)
     done = 0
     while remaining(ostudy, study) > 0 and (max_trials is None or done < max_trials):
-        record = run_one(ostudy, study, stream, output)
-        done += 1
-        if on_trial is not None:
-            on_trial(record)
+        if study.resources.pack > 1:  # K trials at once as one batched model
+            from llray.packs.optuna import run_trial_pack
+
+            n = min(study.resources.pack, remaining(ostudy, study),
+                    max_trials - done if max_trials is not None else study.resources.pack)
+            batch = run_trial_pack(ostudy, study, stream, output, n)
+        else:
+            batch = [run_one(ostudy, study, stream, output)]
+        done += len(batch)
+        for record in batch:
+            if on_trial is not None:
+                on_trial(record)
     return records(ostudy, study)
 
 
