@@ -23,7 +23,8 @@ from llray.packs.run import PackRun
 from llray.packs.sweep import SingleRun
 from llray.tuning.spec import StudySpec
 from llray.tuning.summary import TrialRecord
-from llray.tuning.trial import Trial, jsonable, r_from_json, write_trial
+from llray.tuning.optuna_backend import finish
+from llray.tuning.trial import Trial, seen_name
 
 
 def run_trial_pack(ostudy: optuna.Study, study: StudySpec, stream: TaskStream,
@@ -65,29 +66,10 @@ def _train(ostudy, study, stream, output, ots, trials, records) -> None:
             m = t.metrics()
             pruned = False
             if study.scheduler is not None and m["status"] == "ok":
-                ot.report(m[study.objectives[0]], m["tasks_learned"])
+                ot.report(m[seen_name(study.objectives[0])], m["tasks_learned"])
                 pruned = t.step < study.num_tasks and ot.should_prune()
             if pruned or t.done:
                 records[ot.number] = finish(ostudy, study, stream, output, ot, t, pruned)
                 live.discard(i)
                 if pruned:
                     t.run.status = "stopped"  # masked out of the pack from now on
-
-
-def finish(ostudy, study, stream, output, ot, trial: Trial, pruned: bool) -> TrialRecord:
-    """Tell the study how ``trial`` ended and write it (as ``run_one`` does)."""
-    report = trial.report()
-    status = "stopped" if pruned else report["status"]
-    for key in ("status", "tasks_learned", "R", "run_id", "order", "wall_s"):
-        ot.set_user_attr(key, report[key] if key != "status" else status)
-    ot.set_user_attr("objectives", {o: report[o] for o in study.objectives})
-    if pruned:
-        ostudy.tell(ot, state=optuna.trial.TrialState.PRUNED)
-    else:
-        ostudy.tell(ot, [float(report[o]) for o in study.objectives])
-    if output is not None:
-        write_trial(str(output), study, ot.params, report, stream.benchmark, stream.scenario,
-                    status)
-    return TrialRecord(str(ot.number), jsonable(trial.values), status, report["tasks_learned"],
-                       {o: float(report[o]) for o in study.objectives}, r_from_json(report["R"]),
-                       report["run_id"], {"order": report["order"], "wall_s": report["wall_s"]})

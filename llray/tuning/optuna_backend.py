@@ -157,10 +157,18 @@ def run_one(ostudy: optuna.Study, study: StudySpec, stream: TaskStream,
                 if trial.step < study.num_tasks and ot.should_prune():
                     pruned = True
                     break
-        report = trial.report()
     except BaseException:
         ostudy.tell(ot, state=optuna.trial.TrialState.FAIL)
         raise
+    return finish(ostudy, study, stream, output, ot, trial, pruned)
+
+
+def finish(ostudy: optuna.Study, study: StudySpec, stream: TaskStream,
+           output: str | Path | None, ot: optuna.Trial, trial: Trial,
+           pruned: bool) -> TrialRecord:
+    """Tell the study how ``trial`` ended (final values only when it learned every task;
+    PRUNED when the pruner stopped it), write it to the store, return its record."""
+    report = trial.report()
     status = "stopped" if pruned else report["status"]
     for key in ("status", "tasks_learned", "R", "run_id", "order", "wall_s", "selected_on"):
         ot.set_user_attr(key, report[key] if key != "status" else status)
