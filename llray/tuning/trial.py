@@ -3,7 +3,8 @@
 Both backends drive a trial the same way: build it from raw Optuna parameters, call
 :meth:`Trial.learn_next` once per task, and report :meth:`Trial.metrics` after each
 (running objectives over the tasks seen so far, so ASHA or an Optuna pruner can stop a
-poor trial early). A trial that diverges reports the worst value of every objective and
+poor trial early). The objectives are computed on the validation R (``R_val``, the
+tasks' held-out training data), never on the test R, which is only reported. A trial that diverges reports the worst value of every objective and
 ends; the study goes on. Every ended trial goes to the results store, one that was
 stopped early with status ``stopped`` (:func:`write_trial`).
 
@@ -32,6 +33,7 @@ import torch
 
 from llray import metrics
 from llray.data import TaskStream, make_stream
+from llray.errors import ConfigError
 from llray.experiment import build_run, utc_now
 from llray.learner import LifelongRun, RunResult
 from llray.tuning.spec import StudySpec
@@ -73,6 +75,9 @@ class Trial:
         self.values = study.space.values(self.params)  # field values, order decoded
         self.run_spec = study.run_spec(self.values)
         stream = stream if stream is not None else make_stream(study.experiment.stream)
+        if not stream.has_val:
+            raise ConfigError("stream.val_fraction", "a search selects on the validation "
+                              "split: must be > 0 (default 0.1)")
         self.run: LifelongRun = build_run(self.run_spec, stream, device)
         self.started_at = utc_now()
         self._t0 = time.perf_counter()
@@ -94,15 +99,19 @@ class Trial:
     def metrics(self) -> dict[str, Any]:
         """What a trial reports after each task.
 
-        ``tasks_learned``, ``status``, each objective over the tasks seen so far (its
-        worst value once the run diverged), and the R matrix so far (NaN as None).
+        ``tasks_learned``, ``status``, each objective over the tasks seen so far on the
+        validation split (its worst value once the run diverged), and the test and
+        validation R matrices so far (NaN as None).
         """
         diverged = self.run.status != "ok"
         out: dict[str, Any] = {"tasks_learned": self.run.step, "status": self.run.status}
+        R_val = self.run.R_val
+        assert R_val is not None
         for o in self.study.objectives:
-            value = self.study.worst(o) if diverged else running(self.run.R, self.run.step, o)
+            value = self.study.worst(o) if diverged else running(R_val, self.run.step, o)
             out[o] = value if math.isfinite(value) else self.study.worst(o)
         out["R"] = r_to_json(self.run.R)
+        out["R_val"] = r_to_json(R_val)
         return out
 
     def report(self) -> dict[str, Any]:
@@ -113,6 +122,7 @@ class Trial:
             "run_id": self.run_spec.run_id,
             "order": list(self.run_spec.order),
             "n_test": [int(n) for n in res.n_test],
+            "n_val": [int(n) for n in res.n_val] if res.n_val is not None else None,
             "wall_s": res.wall_s,
             "train_s": res.train_s,
             "samples_trained": res.samples_trained,
@@ -160,6 +170,9 @@ def result_from_report(report: Mapping[str, Any], status: str | None = None) -> 
         train_s=float(report["train_s"]),
         samples_trained=int(report["samples_trained"]),
         task_seconds=list(report["task_seconds"]),
+        R_val=r_from_json(report["R_val"]) if report.get("R_val") is not None else None,
+        n_val=(np.array(report["n_val"], dtype=np.int64)
+               if report.get("R_val") is not None and report.get("n_val") is not None else None),
     )
 
 
