@@ -13,6 +13,10 @@ Python loop over runs:
 - forgetting = 1/(T-1) Σ_{j<T} (max_{j≤l<T} R[l, j] − R[T, j])
 - learning accuracy = mean_j R[j, j]
 
+Every function reads one *split* of R: ``"test"`` (the default: what a report shows) or
+``"val"`` (the validation R, on data held out of each task's training data, on which
+searches select). Files written before the split existed hold test rows only.
+
 These are the formulas of :mod:`llray.metrics` (divided by T−1 as in the GEM paper);
 the tests check that both give the same numbers on the same R. A run whose R holds NaN
 (it diverged, failed, or a tuning scheduler stopped it early) gets NaN for every metric
@@ -98,20 +102,41 @@ def check_files(files: Sequence[str], dataset: str = "r_matrix") -> None:
             raise ConfigError(f, f"not an llray {dataset} file: " + "; ".join(problems))
 
 
-def _source(param: str) -> str:
-    """``read_parquet`` of the file list bound to the query parameter ``$param``.
+SPLITS = ("test", "val")
+_HIVE = "hive_partitioning = true, "
+_BY_NAME = "union_by_name = true, "  # files without the split column read it as NULL
+
+
+def _check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ConfigError("split", f"must be one of {', '.join(SPLITS)}, got {split!r}")
+    return split
+
+
+def _split_filter(split: str) -> str:
+    """SQL condition: the rows of ``split`` (a row without the column is a test row)."""
+    return f"coalesce(split, 'test') = '{_check_split(split)}'"
+
+
+def _source(param: str, split: str | None = None) -> str:
+    """``read_parquet`` of the file list bound to the query parameter ``$param``; with
+    ``split``, only that split's rows.
 
     The list travels as a parameter, not as SQL text: a store with one file per run
-    can hold 100,000 files.
+    can hold 100,000 files. A store that mixes files written before the ``split``
+    column existed with newer ones is read again by column name (:func:`_query`).
     """
-    return (f"read_parquet(${param}, hive_partitioning = true, "
+    read = (f"read_parquet(${param}, {_HIVE}"
             "hive_types = {'experiment': VARCHAR})")
+    if split is None:
+        return read
+    return f"(SELECT * FROM {read} WHERE {_split_filter(split)})"
 
 
 def _glob(output: str | Path, dataset: str) -> str:
     """``read_parquet`` of ``OUTPUT/<dataset>/*/*.parquet`` as SQL text (for views)."""
     pattern = str(Path(output).resolve() / dataset / "*" / "*.parquet").replace("'", "''")
-    return (f"read_parquet('{pattern}', hive_partitioning = true, "
+    return (f"read_parquet('{pattern}', {_HIVE}{_BY_NAME}"
             "hive_types = {'experiment': VARCHAR})")
 
 
@@ -142,7 +167,7 @@ def _query(sql: str, files: Sequence[str], runs: Sequence[str] = (),
     if "$runs" in sql:
         params["runs"] = list(runs)
     try:
-        return con.sql(sql, params=params).to_arrow_table().to_pandas()
+        return _split_aware(con, sql, params)
     except duckdb.Error as e:
         _check_present([*files, *runs])
         check_files(files, "r_matrix")
@@ -150,6 +175,32 @@ def _query(sql: str, files: Sequence[str], runs: Sequence[str] = (),
         raise ConfigError("output", f"cannot read the results: {e}") from None
     finally:
         con.close()
+
+
+def _split_aware(con: Any, sql: str, params: dict) -> pd.DataFrame:
+    """Run ``sql``; when its files do not all have the ``split`` column (some were
+    written before it existed), read them by column name (missing: NULL, a test row),
+    and when none has it, every row is a test row."""
+    import duckdb
+
+    def run(q: str) -> pd.DataFrame:
+        return con.sql(q, params=params).to_arrow_table().to_pandas()
+
+    try:
+        return run(sql)
+    except (duckdb.BinderException, duckdb.InvalidInputException) as e:
+        if "split" not in str(e):
+            raise
+    check_files(params["files"], "r_matrix")  # a foreign file, not an older one: named
+    try:
+        return run(sql.replace(_HIVE, _HIVE + _BY_NAME))  # a mixed store
+    except duckdb.BinderException as e:
+        if '"split"' not in str(e):
+            raise
+    if _split_filter("val") in sql:  # no file has the column: test rows only
+        raise ConfigError("split", "the results hold no validation rows (written before "
+                                   "validation splits existed)") from None
+    return run(sql.replace(_split_filter("test"), "TRUE"))
 
 
 class _Vanished(Exception):
@@ -175,7 +226,8 @@ def _relisting(fn: Any) -> Any:
 
 # -- per-run metrics -------------------------------------------------------------------------
 def metrics_sql(source: str, metrics: Sequence[str] = METRICS, order: bool = True) -> str:
-    """The per-run metrics query over ``source`` (a table, view or ``read_parquet``).
+    """The per-run metrics query over ``source`` (a table, view or ``read_parquet``) that
+    holds the rows of one split only (see :func:`_source`).
 
     T is ``max(eval_pos)`` over each run (a window). A run with missing entries gets
     NULL metrics rather than those of a smaller R; NaN accuracies propagate to NaN
@@ -248,6 +300,7 @@ def run_metrics(
     engine: str = "auto",
     experiment: str | None = None,
     threads: int | None = None,
+    split: str = "test",
 ) -> pd.DataFrame:
     """One row per run: its metadata, ACC, BWT, FWT, forgetting, learning accuracy.
 
@@ -264,6 +317,7 @@ def run_metrics(
             NumPy, no DuckDB needed, also for ``s3://`` URIs) or ``auto``.
         experiment: only this experiment (ConfigError naming the ones there if absent).
         threads: DuckDB threads (default: DuckDB's).
+        split: ``"test"`` (default) or ``"val"``: which R the metrics are of.
 
     Returns:
         Columns :data:`RUN_COLUMNS` + ``metrics`` + ``params``, sorted by ``run_id``;
@@ -279,8 +333,9 @@ def run_metrics(
     """
     metrics = list(metrics)
     metrics_sql("t", metrics)  # checks the names
+    _check_split(split)
     engine = _engine(engine, output)
-    df = _relisting(lambda: _metrics(output, metrics, engine, experiment, threads))
+    df = _relisting(lambda: _metrics(output, metrics, engine, experiment, threads, split))
     df = df.sort_values("run_id", ignore_index=True)
     params = [p for p in params if p not in df.columns]
     if params:
@@ -289,7 +344,7 @@ def run_metrics(
 
 
 def _metrics(output: str | Path, metrics: list[str], engine: str, experiment: str | None,
-             threads: int | None) -> pd.DataFrame:
+             threads: int | None, split: str) -> pd.DataFrame:
     if engine == "duckdb":
         files = parquet_files(output, "r_matrix")
         runs = parquet_files(output, "runs")
@@ -297,8 +352,8 @@ def _metrics(output: str | Path, metrics: list[str], engine: str, experiment: st
             files, runs = _only(files, experiment), _only(runs, experiment)
             if not files:
                 raise ConfigError("experiment", _absent(experiment, parquet_files(output)))
-        return _duckdb_metrics(files, runs, metrics, threads)
-    return _pandas_metrics(output, metrics, experiment)
+        return _duckdb_metrics(files, runs, metrics, threads, split)
+    return _pandas_metrics(output, metrics, experiment, split)
 
 
 def _only(files: Sequence[str], experiment: str) -> list[str]:
@@ -315,14 +370,14 @@ def _absent(experiment: str, files: Sequence[str]) -> str:
 
 
 def _duckdb_metrics(files: Sequence[str], runs: Sequence[str], metrics: Sequence[str],
-                    threads: int | None) -> pd.DataFrame:
+                    threads: int | None, split: str) -> pd.DataFrame:
     """The metrics query; with a runs table, order, status and study come from it."""
     if not runs:
-        return _finish(_query(metrics_sql(_source("files"), metrics), files), metrics)
+        return _finish(_query(metrics_sql(_source("files", split), metrics), files), metrics)
     study = ("CASE WHEN any_value(config) LIKE '%\"tuning\"%' THEN json_extract_string("
              "any_value(config), '$.tuning.study') END")
     sql = (f"SELECT m.*, r.\"order\", r.status, r.study FROM ("
-           f"{metrics_sql(_source('files'), metrics, order=False)}) m LEFT JOIN ("
+           f"{metrics_sql(_source('files', split), metrics, order=False)}) m LEFT JOIN ("
            f"SELECT run_id, array_to_string(any_value(task_order), ',') AS \"order\", "
            f"any_value(status) AS status, {study} AS study "
            f"FROM {_source('runs')} GROUP BY run_id) r USING (run_id)")
@@ -342,7 +397,7 @@ def _finish(df: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
 
 
 # -- the pandas fallback ---------------------------------------------------------------------
-def _read_r(output: str | Path, experiment: str | None) -> tuple[Any, Any]:
+def _read_r(output: str | Path, experiment: str | None, split: str = "test") -> tuple[Any, Any]:
     """``(cells, meta)``: the R columns the metrics need, and one metadata row per run.
 
     Local stores are read with ``pyarrow.dataset`` after every file's footer is checked
@@ -357,7 +412,8 @@ def _read_r(output: str | Path, experiment: str | None) -> tuple[Any, Any]:
     from llray import results
 
     if "://" in os.fspath(output):
-        df = results.load_r_matrix(output, columns=list(_R_READ), experiment=experiment)
+        df = results.load_r_matrix(output, columns=[*_R_READ, "split"], experiment=experiment)
+        df = df[df["split"] == split].drop(columns="split")
         table = pa.Table.from_pandas(df, preserve_index=False)
         return table, table.filter((pc.field("step") == 0) & (pc.field("eval_pos") == 1))
     files = parquet_files(output, "r_matrix")
@@ -373,11 +429,16 @@ def _read_r(output: str | Path, experiment: str | None) -> tuple[Any, Any]:
     hive = ds.partitioning(pa.schema([("experiment", pa.string())]), flavor="hive")
     options = ds.ParquetReadOptions(dictionary_columns=["run_id"])  # no string per row
     fmt = ds.ParquetFileFormat(read_options=options)
+    schema = results.R_MATRIX_FILE_SCHEMA.append(pa.field("experiment", pa.string()))
+    of_split = pc.field("split") == split  # a file without the column: null, test
+    if split == "test":
+        of_split = of_split | pc.field("split").is_null()
     try:
-        dataset = ds.dataset(files, format=fmt, partitioning=hive,
+        dataset = ds.dataset(files, schema=schema, format=fmt, partitioning=hive,
                              partition_base_dir=str(Path(output) / "r_matrix"))
-        cells = dataset.to_table(columns=["run_id", "step", "eval_task", "eval_pos", "accuracy"])
-        first = (pc.field("step") == 0) & (pc.field("eval_pos") == 1)
+        cells = dataset.to_table(columns=["run_id", "step", "eval_task", "eval_pos", "accuracy"],
+                                 filter=of_split)
+        first = (pc.field("step") == 0) & (pc.field("eval_pos") == 1) & of_split
         return cells, dataset.to_table(columns=["run_id", *_META], filter=first)
     except OSError:
         _check_present(files)
@@ -385,7 +446,7 @@ def _read_r(output: str | Path, experiment: str | None) -> tuple[Any, Any]:
 
 
 def _pandas_metrics(output: str | Path, metrics: Sequence[str],
-                    experiment: str | None) -> pd.DataFrame:
+                    experiment: str | None, split: str = "test") -> pd.DataFrame:
     """The same per-run metrics with pyarrow + NumPy: R rows scattered into dense stacks.
 
     Run ids are dictionary-encoded in Arrow (no Python string per row); runs are
@@ -396,9 +457,10 @@ def _pandas_metrics(output: str | Path, metrics: Sequence[str],
 
     from llray import metrics as M
 
-    table, meta = _read_r(output, experiment)
+    table, meta = _read_r(output, experiment, split)
     if table.num_rows == 0:
-        raise ConfigError("output", f"no results in {os.fspath(output)!r}")
+        where = f" of the {split!r} split" if split != "test" else ""
+        raise ConfigError("output", f"no results{where} in {os.fspath(output)!r}")
     encoded = pc.dictionary_encode(table["run_id"]).combine_chunks()  # unifies the chunks
     codes = encoded.indices.to_numpy().astype(np.int64)
     n = len(encoded.dictionary)
@@ -637,8 +699,10 @@ def summary(
 
 # -- mean R per group (heatmaps, curves) ------------------------------------------------------
 def mean_r(output: str | Path, by: Sequence[str] = ("experiment", "strategy"),
-           engine: str = "auto", skip_status: Sequence[str] = ("stopped",)) -> pd.DataFrame:
-    """Mean accuracy per (group, T, step, eval_pos) over the group's runs, NaN left out.
+           engine: str = "auto", skip_status: Sequence[str] = ("stopped",),
+           split: str = "test") -> pd.DataFrame:
+    """Mean accuracy per (group, T, step, eval_pos) over the group's runs, NaN left out,
+    on the ``split`` R ("test" by default, or "val").
 
     Columns of R are order positions (``eval_pos``), so runs with different orders
     average as "the j-th task learned". ``n`` counts the runs with a finite value. Runs
@@ -650,12 +714,14 @@ def mean_r(output: str | Path, by: Sequence[str] = ("experiment", "strategy"),
         mean_r("results/quickstart").head()
     """
     by = list(by)
+    _check_split(split)
     if _engine(engine, output) == "duckdb":
-        return _relisting(lambda: _mean_r_duckdb(output, by, skip_status))
+        return _relisting(lambda: _mean_r_duckdb(output, by, skip_status, split))
     from llray import results
 
     df = results.load_r_matrix(output, columns=list(dict.fromkeys(
-        ["run_id", *by, "step", "eval_pos", "accuracy"])))
+        ["run_id", *by, "step", "eval_pos", "accuracy", "split"])))
+    df = df[df["split"] == split]
     if skip_status:
         runs = results.load_runs(output, columns=["run_id", "status"])
         df = df[~df["run_id"].isin(runs.loc[runs["status"].isin(skip_status), "run_id"])]
@@ -665,7 +731,8 @@ def mean_r(output: str | Path, by: Sequence[str] = ("experiment", "strategy"),
     return g.agg(accuracy="mean", n="count").reset_index()
 
 
-def _mean_r_duckdb(output: str | Path, by: list[str], skip_status: Sequence[str]) -> pd.DataFrame:
+def _mean_r_duckdb(output: str | Path, by: list[str], skip_status: Sequence[str],
+                   split: str) -> pd.DataFrame:
     keys = ", ".join(f'"{b}"' for b in by)
     files = parquet_files(output, "r_matrix")
     runs = parquet_files(output, "runs") if skip_status else []
@@ -675,7 +742,7 @@ def _mean_r_duckdb(output: str | Path, by: list[str], skip_status: Sequence[str]
         where = (f"WHERE run_id NOT IN (SELECT run_id FROM {_source('runs')} "
                  f"WHERE status IN ({listed}) AND run_id IS NOT NULL)")
     sql = (f"WITH c AS (SELECT {keys}, step, eval_pos, accuracy, max(eval_pos) OVER "
-           f"(PARTITION BY run_id) AS num_tasks FROM {_source('files')} {where}) "
+           f"(PARTITION BY run_id) AS num_tasks FROM {_source('files', split)} {where}) "
            f"SELECT {keys}, CAST(num_tasks AS INTEGER) AS num_tasks, step, eval_pos, "
            f"avg(accuracy) FILTER (WHERE NOT isnan(accuracy)) AS accuracy, "
            f"count(accuracy) FILTER (WHERE NOT isnan(accuracy)) AS n FROM c "
@@ -684,7 +751,9 @@ def _mean_r_duckdb(output: str | Path, by: list[str], skip_status: Sequence[str]
 
 
 def connect(output: str | Path, threads: int | None = None) -> Any:
-    """A DuckDB connection with views ``r_matrix``, ``runs`` and ``run_metrics``.
+    """A DuckDB connection with views ``r_matrix`` (both splits: filter on ``split``),
+    ``runs``, ``run_metrics`` (of the test R) and, when the store has validation rows,
+    ``run_metrics_val``.
 
     Example:
         con = connect("results/quickstart")
@@ -698,5 +767,12 @@ def connect(output: str | Path, threads: int | None = None) -> Any:
     con.execute(f"CREATE VIEW r_matrix AS SELECT * FROM {_glob(output, 'r_matrix')}")
     if runs:
         con.execute(f"CREATE VIEW runs AS SELECT * FROM {_glob(output, 'runs')}")
-    con.execute(f"CREATE VIEW run_metrics AS {metrics_sql('r_matrix')}")
+    try:
+        con.execute("CREATE VIEW r_test AS SELECT * FROM r_matrix WHERE "
+                    + _split_filter("test"))
+        con.execute("CREATE VIEW r_val AS SELECT * FROM r_matrix WHERE " + _split_filter("val"))
+        con.execute(f"CREATE VIEW run_metrics_val AS {metrics_sql('r_val')}")
+        con.execute(f"CREATE VIEW run_metrics AS {metrics_sql('r_test')}")
+    except duckdb.BinderException:  # no file has the split column: all rows are test rows
+        con.execute(f"CREATE VIEW run_metrics AS {metrics_sql('r_matrix')}")
     return con

@@ -9,8 +9,11 @@ Every candidate is run for every seed of the config as an ordinary run of the
 experiment ``<experiment>-curriculum`` (so the runs land in the Parquet store with the
 others, and a rerun skips the ones already there). :func:`compare` then reads their
 metrics from the store (:func:`llray.analysis.run_metrics`) and gives, per order, ACC
-and BWT (mean and Student-t interval over seeds) with the order's rank among all
-candidates and where it falls in the distribution over the random orders.
+and BWT on the test split (mean and Student-t interval over seeds) with the order's
+rank among all candidates and where it falls in the distribution over the random
+orders. The rank and that percentile are by ACC on the *validation* split
+(``acc_val``): choosing an order is selection, and selection uses held-out training
+data, never the test split (runs without validation rows are ranked by test ACC).
 
 Example:
     >>> c = candidates(3, identity=True, random_orders=[(2, 1, 0), (0, 1, 2)],
@@ -153,7 +156,8 @@ def specs(template: RunSpec, seeds: Sequence[int], cands: Sequence[Candidate]) -
 def compare(output: str | Path, experiment: str, strategy: str,
             cands: Sequence[Candidate],
             confidence: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per candidate: ACC/BWT over seeds, rank, percentile among the random orders.
+    """Per candidate: test ACC/BWT over seeds, and the rank and percentile among the
+    random orders by validation ACC (``acc_val``).
 
     Returns:
         ``(table, per_run)``: one row per candidate (best ACC first), and the per-run
@@ -166,14 +170,25 @@ def compare(output: str | Path, experiment: str, strategy: str,
     per_run = per_run[per_run["order"].isin(label)].assign(label=per_run["order"].map(label))
     if per_run.empty:
         raise ConfigError("output", f"no runs of {strategy!r} in {experiment!r} to compare")
-    table = analysis.summarize(per_run, by=["label", "order"], metrics=["acc", "bwt", "fwt"],
-                               confidence=confidence)
-    table["acc_rank"] = table["acc"].rank(ascending=False, method="min").astype(int)
-    rand = table[table["label"].str.contains("random-")]["acc"].to_numpy()
-    table["acc_vs_random"] = [float((rand < a).mean()) if len(rand) else np.nan
-                              for a in table["acc"]]
+    per_run = per_run.merge(_val_acc(output, experiment), on="run_id", how="left")
+    per_run["acc_val"] = per_run["acc_val"].fillna(per_run["acc"])  # no validation rows
+    table = analysis.summarize(per_run, by=["label", "order"],
+                               metrics=["acc", "bwt", "fwt", "acc_val"], confidence=confidence)
+    sel = table["acc_val"]
+    table["acc_rank"] = sel.rank(ascending=False, method="min").astype(int)
+    rand = sel[table["label"].str.contains("random-")].to_numpy()
+    table["acc_vs_random"] = [float((rand < a).mean()) if len(rand) else np.nan for a in sel]
     table = table.sort_values(["acc_rank", "label"], ignore_index=True)
     return table, per_run
+
+
+def _val_acc(output: str | Path, experiment: str) -> pd.DataFrame:
+    """``run_id, acc_val``: ACC of each run's validation R (empty when there is none)."""
+    try:
+        val = analysis.run_metrics(output, metrics=["acc"], experiment=experiment, split="val")
+    except ConfigError:  # results written before validation splits existed
+        return pd.DataFrame({"run_id": pd.Series(dtype=str), "acc_val": pd.Series(dtype=float)})
+    return val[["run_id", "acc"]].rename(columns={"acc": "acc_val"})
 
 
 def format_table(table: pd.DataFrame) -> str:
@@ -185,24 +200,27 @@ def format_table(table: pd.DataFrame) -> str:
         return f"{r[m]:+.3f}" + (f" ± {half:.3f}" if np.isfinite(half) else "")
 
     rows = [[str(r["acc_rank"]), r["label"], r["order"].replace(",", " "), str(int(r["n"])),
-             ci(r, "acc"), ci(r, "bwt"),
+             ci(r, "acc_val"), ci(r, "acc"), ci(r, "bwt"),
              "-" if not np.isfinite(r["acc_vs_random"]) else f"{100 * r['acc_vs_random']:.0f}%"]
             for _, r in table.iterrows()]
-    head = ["rank", "order label", "order", "seeds", "ACC", "BWT", "beats random"]
+    head = ["rank (val)", "order label", "order", "seeds", "val ACC", "test ACC", "test BWT",
+            "beats random (val)"]
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip()
              for line in [head, ["-" * w for w in widths], *rows]]
-    return "\n".join(lines + ["", "mean ± half-width of the 95% t-interval over seeds; "
-                                  "'beats random': share of the random orders with lower ACC"])
+    return "\n".join(lines + ["", "mean ± half-width of the 95% t-interval over seeds; orders "
+                                  "are ranked on the validation split and reported on the test "
+                                  "split; 'beats random': share of the random orders with lower "
+                                  "validation ACC"])
 
 
 def summary_line(table: pd.DataFrame) -> str:
     """How much the order mattered: spread of ACC over all the orders tried."""
     accs = table["acc"].to_numpy(dtype=float)
     best, worst = table.iloc[0], table.iloc[-1]
-    return (f"ACC over {len(table)} orders: {np.nanmin(accs):.3f} .. {np.nanmax(accs):.3f} "
-            f"(spread {np.nanmax(accs) - np.nanmin(accs):.3f}); best: {best['label']}, "
-            f"worst: {worst['label']}")
+    return (f"test ACC over {len(table)} orders: {np.nanmin(accs):.3f} .. "
+            f"{np.nanmax(accs):.3f} (spread {np.nanmax(accs) - np.nanmin(accs):.3f}); best on "
+            f"validation: {best['label']}, worst: {worst['label']}")
 
 
 def plot(table: pd.DataFrame, per_run: pd.DataFrame, title: str, dpi: int = 100) -> bytes:

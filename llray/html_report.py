@@ -618,7 +618,10 @@ def render(sections: Sequence[Section], output: str | Path) -> str:
              f"<style>{_CSS}</style></head><body>",
              f"<h1>llray report: {html.escape(Path(output).name)}</h1>",
              f"<p class='meta'>{len(sections)} experiment(s); generated {when}. "
-             "Metrics as in GEM (Lopez-Paz &amp; Ranzato 2017), BWT/FWT divided by T−1.</p>"]
+             "Metrics as in GEM (Lopez-Paz &amp; Ranzato 2017), BWT/FWT divided by T−1. "
+             "Every table and figure shows the <b>test split</b> (R on each task's test "
+             "data); searches select on the validation split, held out of the training "
+             "data.</p>"]
     for sec in sections:
         kind = "study" if sec.study else "experiment"
         parts.append(f"<section data-experiment='{html.escape(sec.experiment)}'>"

@@ -6,7 +6,9 @@ time, ``state_dict`` for checkpoints) that the Ray actor and the tuner call;
 
 ``R`` has shape ``[T + 1, T]``: row 0 is the randomly initialised model, row i the model
 after the i-th task of the order; column j is the j-th task *of the order* (so the
-diagonal ``R[j, j]`` is "just learned"). See :mod:`llray.metrics`.
+diagonal ``R[j, j]`` is "just learned"). See :mod:`llray.metrics`. ``R_val`` is the same
+matrix on the tasks' validation splits (held out of their training data): searches
+select on it, reports show ``R`` (test).
 
 Example:
     >>> from llray.data import make_stream, StreamConfig
@@ -52,7 +54,7 @@ def check_order(order: Sequence[int], num_tasks: int) -> tuple[int, ...]:
 class RunResult:
     """What one lifelong run produced."""
 
-    R: np.ndarray  # [T+1, T] float64; NaN rows after a divergence
+    R: np.ndarray  # [T+1, T] float64, test accuracy; NaN rows after a divergence
     order: tuple[int, ...]
     status: str  # "ok" | "diverged" | "failed"
     n_test: np.ndarray  # [T] int64, test samples per column (order position)
@@ -61,6 +63,8 @@ class RunResult:
     samples_trained: int
     task_seconds: list[float] = field(default_factory=list)
     error: str | None = None
+    R_val: np.ndarray | None = None  # [T+1, T] validation accuracy; None: no val split
+    n_val: np.ndarray | None = None  # [T] int64, validation samples per column
 
     @property
     def train_samples_per_s(self) -> float:
@@ -98,6 +102,9 @@ class LifelongRun:
         self.model = strategy.setup(model.to(self.device), self.ctx)
         self.R = np.full((T + 1, T), np.nan)
         self.n_test = np.array([len(self.stream.tasks[i].y_test) for i in self.order])
+        self.has_val = self.stream.has_val
+        self.R_val = np.full((T + 1, T), np.nan) if self.has_val else None
+        self.n_val = np.array([len(self.stream.tasks[i].y_val) for i in self.order])
         self.step = 0  # tasks learned so far
         self.status = "ok"
         self.error: str | None = None
@@ -110,24 +117,32 @@ class LifelongRun:
         return self.status != "ok" or self.step == len(self.order)
 
     @torch.no_grad()
-    def evaluate(self) -> np.ndarray:
-        """Test accuracy on every task, in order positions: one R row."""
+    def evaluate(self, split: str = "test") -> np.ndarray:
+        """Accuracy on every task's ``split`` ("test" or "val"), in order positions: one
+        row of R (or of R_val)."""
         self.model.eval()
         bs = self.ctx.train.eval_batch_size
         correct = []
         for tid in self.order:
-            task = self.stream.tasks[tid]
+            x, y = self.stream.tasks[tid].split(split)
             c = torch.zeros((), dtype=torch.long, device=self.device)
-            for i in range(0, len(task.y_test), bs):
-                scores = self.strategy.predict(self.model, task.x_test[i : i + bs], tid, self.ctx)
-                c += (scores.argmax(1) == task.y_test[i : i + bs]).sum()
+            for i in range(0, len(y), bs):
+                scores = self.strategy.predict(self.model, x[i : i + bs], tid, self.ctx)
+                c += (scores.argmax(1) == y[i : i + bs]).sum()
             correct.append(c)
-        return torch.stack(correct).cpu().numpy() / np.maximum(self.n_test, 1)
+        n = self.n_test if split == "test" else self.n_val
+        return torch.stack(correct).cpu().numpy() / np.maximum(n, 1)
+
+    def _evaluate_row(self, i: int) -> None:
+        """Fill row ``i`` of R (and of R_val when the stream has validation splits)."""
+        self.R[i] = self.evaluate("test")
+        if self.R_val is not None:
+            self.R_val[i] = self.evaluate("val")
 
     def start(self) -> np.ndarray:
         """Evaluate the randomly initialised model (R row 0); idempotent."""
         if not self._evaluated_init:
-            self.R[0] = self.evaluate()
+            self._evaluate_row(0)
             self._evaluated_init = True
         return self.R[0]
 
@@ -152,7 +167,7 @@ class LifelongRun:
             self.train_s += time.perf_counter() - t0
         self.ctx.seen.append(task)
         self.step += 1
-        self.R[self.step] = self.evaluate()
+        self._evaluate_row(self.step)
         self.task_seconds.append(time.perf_counter() - t0)
         return self.R[self.step]
 
@@ -167,6 +182,8 @@ class LifelongRun:
             samples_trained=self.ctx.samples_trained,
             task_seconds=list(self.task_seconds),
             error=self.error,
+            R_val=None if self.R_val is None else self.R_val.copy(),
+            n_val=None if self.R_val is None else self.n_val.copy(),
         )
 
     # -- checkpoints ---------------------------------------------------------------------
@@ -178,6 +195,7 @@ class LifelongRun:
             "generator": self.ctx.generator.get_state(),
             "strategy_generator": self.ctx.strategy_generator.get_state(),
             "R": torch.from_numpy(self.R.copy()),
+            "R_val": torch.from_numpy(self.R_val.copy()) if self.R_val is not None else None,
             "step": self.step,
             "status": self.status,
             "samples_trained": self.ctx.samples_trained,
@@ -198,6 +216,8 @@ class LifelongRun:
         self.ctx.generator.set_state(state["generator"])
         self.ctx.strategy_generator.set_state(state["strategy_generator"])
         self.R = state["R"].numpy().copy()
+        if self.has_val and state.get("R_val") is not None:
+            self.R_val = state["R_val"].numpy().copy()
         self.step = int(state["step"])
         self.status = state["status"]
         self.ctx.samples_trained = int(state["samples_trained"])

@@ -141,7 +141,8 @@ def format_table(df: pd.DataFrame) -> str:
         return "  ".join(parts).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
-    note = ("mean ± sample std over seeds and orders of the ok runs; diverged, stopped "
+    note = ("test split (R on each task's test data; searches select on the validation "
+            "split); mean ± sample std over seeds and orders of the ok runs; diverged, stopped "
             "(ended early by a tuning scheduler) and failed runs are counted, not averaged; "
             "lower/upper bound = naive/joint")
     return "\n".join([line(header), rule, *(line(r) for r in rows), "", note])
@@ -156,7 +157,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def to_json(df: pd.DataFrame) -> str:
-    """The :func:`summary_table` as a JSON list of objects (NaN as null).
+    """The :func:`summary_table` as a JSON list of objects (NaN as null), each with
+    ``"split": "test"`` (the metrics are of the test R).
 
     Example:
         >>> import pandas as pd
@@ -164,10 +166,11 @@ def to_json(df: pd.DataFrame) -> str:
         ...     "strategy": "naive", "status": "ok", "acc": [0.5], "bwt": None,
         ...     "fwt": None, "forgetting": None, "config": "{}"})
         >>> rows = json.loads(to_json(summary_table(runs)))
-        >>> rows[0]["acc_mean"], rows[0]["acc_std"], rows[0]["bound"]
-        (0.5, None, 'lower')
+        >>> rows[0]["acc_mean"], rows[0]["acc_std"], rows[0]["bound"], rows[0]["split"]
+        (0.5, None, 'lower', 'test')
     """
-    records = [{k: _jsonable(v) for k, v in rec.items()} for rec in df.to_dict("records")]
+    records = [{**{k: _jsonable(v) for k, v in rec.items()}, "split": "test"}
+               for rec in df.to_dict("records")]
     return json.dumps(records, indent=2, ensure_ascii=False)
 
 

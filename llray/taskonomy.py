@@ -198,7 +198,11 @@ def jobs(num_tasks: int, seeds: Sequence[int]) -> list[Job]:
 
 
 def _learn(spec: RunSpec, handle: Any) -> tuple[np.ndarray, str, float]:
-    """Ray task body: learn the sub-stream ``handle`` in its order; R, status, seconds."""
+    """Ray task body: learn the sub-stream ``handle`` in its order; R, status, seconds.
+
+    The R is the validation R when the stream has validation splits (the taskonomy
+    selects orders, and selection uses held-out training data, never the test split);
+    the test R otherwise."""
     from llray.distributed.actor import pick_device, set_threads, warm
     from llray.distributed.streaming import get_stream
     from llray.experiment import execute
@@ -207,7 +211,7 @@ def _learn(spec: RunSpec, handle: Any) -> tuple[np.ndarray, str, float]:
     warm()  # the first job on a worker imports torch's optimizer machinery here
     stream = get_stream(handle)
     res = execute(replace(spec, order=tuple(range(stream.num_tasks))), stream, pick_device())
-    return res.R, res.status, res.wall_s
+    return (res.R_val if res.R_val is not None else res.R), res.status, res.wall_s
 
 
 def run_pairs(
@@ -237,7 +241,9 @@ def run_pairs(
         wait_message_s: how long nothing may move before the wait is stated.
 
     Returns:
-        Columns ``seed, kind, source, target, status, wall_s`` and the R entries
+        Columns ``seed, kind, source, target, status, wall_s, split`` ("val": the
+        entries are validation accuracies; "test" for a stream without validation
+        splits) and the R entries
         ``init_source, source_after_source, target_after_source, source_final,
         target_final, init_target`` (NaN where they do not apply, or where the job
         diverged; a job whose code raised or whose worker died has status ``failed``).
@@ -263,6 +269,7 @@ def run_pairs(
     remote = ray.remote(_learn).options(num_cpus=spec.resources.num_cpus,
                                         num_gpus=spec.resources.num_gpus)
     todo = jobs(stream.num_tasks, seeds)
+    split = "val" if stream.has_val else "test"  # which accuracies _learn returns
     waiting, refs = deque(todo), {}
     rows: list[dict[str, Any]] = []
     moved = told = time.monotonic()
@@ -287,7 +294,7 @@ def run_pairs(
             R, status, wall = ray.get(done[0])
         except RayError:  # the job's code raised or its worker died: NaN, status failed
             R, status, wall = np.full((len(job.tasks) + 1, len(job.tasks)), np.nan), "failed", 0.0
-        rows.append(_row(job, R, status, wall))
+        rows.append({**_row(job, R, status, wall), "split": split})
         if on_job is not None:
             on_job(job, len(rows), len(todo))
     return pd.DataFrame(rows).sort_values(["seed", "kind", "source", "target"], ignore_index=True)

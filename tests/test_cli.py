@@ -45,10 +45,13 @@ def test_run_writes_parquet_equal_to_in_process_runs_and_report_reproduces_it(
     res = load(out)
     specs = load_config(cfg_path).runs()
     assert sorted(res.runs["run_id"]) == sorted(s.run_id for s in specs)
-    assert len(res.r_matrix) == len(specs) * 4 * 3  # (T+1) * T entries per run
+    assert len(res.r_matrix) == len(specs) * 4 * 3 * 2  # (T+1) * T entries per run and split
     for spec in specs:
-        # the actor's R, read back from Parquet, is exactly the in-process R
-        np.testing.assert_array_equal(r_matrix_of(res, spec.run_id), execute(spec).R)
+        # the actor's R (test and validation), read back from Parquet, is exactly the
+        # in-process R
+        local = execute(spec)
+        np.testing.assert_array_equal(r_matrix_of(res, spec.run_id), local.R)
+        np.testing.assert_array_equal(r_matrix_of(res, spec.run_id, "val"), local.R_val)
 
     assert main(["report", str(out), "--json"]) == 0
     table = json.loads(capsys.readouterr().out)

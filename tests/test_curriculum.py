@@ -92,6 +92,10 @@ def test_compare_orders_end_to_end(ray_local, tmp_path, capsys):
         assert name in labels and name in text
     assert set(table["order"]) >= {"0,1,2", "1,2,0", "2,1,0", "2,0,1"}
     assert (table["n"] == 1).all() and table["acc"].between(0, 1).all()
-    assert table["acc"].is_monotonic_decreasing and table["acc_rank"].iloc[0] == 1
+    # ranked on the validation split (selection), reported on the test split
+    assert table["acc_val"].is_monotonic_decreasing and table["acc_rank"].iloc[0] == 1
+    assert table["acc_val"].between(0, 1).all()
+    assert not np.allclose(table["acc_val"], table["acc"])  # a different split, not a copy
+    assert "rank (val)" in text and "test ACC" in text
     assert (out / "curriculum" / "naive" / "curriculum.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "r_matrix" / "experiment=cur-curriculum").is_dir()

@@ -60,13 +60,15 @@ def test_split_is_stratified_with_the_test_fraction_and_uses_every_sample():
     s = stream(num_tasks=2, test_fraction=0.3)
     y_all = torch.from_numpy(load_digits().y.copy())
     for t in s.tasks:
-        assert len(t.y_train) + len(t.y_test) == len(y_all) == 1797
+        assert len(t.y_train) + len(t.y_val) + len(t.y_test) == len(y_all) == 1797
         for c in range(10):
             n_c = int((y_all == c).sum())
             assert int((t.y_test == c).sum()) == round(n_c * 0.3)
-            assert int((t.y_train == c).sum()) == n_c - round(n_c * 0.3)
+            n_train = int((t.y_train == c).sum()) + int((t.y_val == c).sum())
+            assert n_train == n_c - round(n_c * 0.3)
     # train and test rows are disjoint samples: their count equals the dataset's
-    both = torch.cat([flat(s.tasks[0].x_train), flat(s.tasks[0].x_test)])
+    t0 = s.tasks[0]
+    both = torch.cat([flat(t0.x_train), flat(t0.x_val), flat(t0.x_test)])
     all_x = torch.from_numpy(load_digits().x.reshape(1797, -1).copy())
     assert torch.equal(both.sum(0), all_x.sum(0))
 
@@ -75,7 +77,7 @@ def test_max_train_per_task_subsamples_train_only_and_deterministically():
     s = stream(kind="split", num_tasks=5, max_train_per_task=50, seed=3)
     full = stream(kind="split", num_tasks=5, seed=3)
     for t, f in zip(s.tasks, full.tasks):
-        assert len(t.y_train) == 50 and torch.equal(t.y_test, f.y_test)
+        assert len(t.y_train) + len(t.y_val) == 50 and torch.equal(t.y_test, f.y_test)
         assert set(t.y_train.tolist()) <= set(t.classes)
     again = stream(kind="split", num_tasks=5, max_train_per_task=50, seed=3)
     assert torch.equal(s.tasks[2].x_train, again.tasks[2].x_train)
@@ -132,7 +134,7 @@ def test_split_tasks_have_disjoint_classes_covering_all(num_tasks, sizes):
     for t in s.tasks:
         assert set(t.y_train.tolist()) == set(t.classes) == set(t.y_test.tolist())
         assert t.name == "split-[" + ",".join(map(str, t.classes)) + "]"
-    assert sum(len(t.y_train) + len(t.y_test) for t in s.tasks) == 1797
+    assert sum(len(t.y_train) + len(t.y_val) + len(t.y_test) for t in s.tasks) == 1797
 
 
 def test_split_task_il_keeps_global_ids_and_domain_il_relabels_within_task():
@@ -189,8 +191,10 @@ def test_mnist1d_is_generated_offline_standardized_and_leaves_global_rng_alone(m
     assert np.array_equal(np.random.get_state()[1], np_state) and random.getstate() == py_state
     assert s.input_shape == (40,) and s.benchmark == "permuted-mnist1d"
     t0 = s.tasks[0]
-    assert t0.x_train.shape == (300, 40) and t0.x_test.shape == (100, 40)
-    assert abs(float(t0.x_train.mean())) < 1e-4 and abs(float(t0.x_train.std()) - 1) < 1e-2
+    assert t0.x_train.shape == (270, 40) and t0.x_val.shape == (30, 40)  # 10% validation
+    assert t0.x_test.shape == (100, 40)
+    fit = torch.cat([t0.x_train, t0.x_val])  # the training rows the statistics came from
+    assert abs(float(fit.mean())) < 1e-4 and abs(float(fit.std()) - 1) < 1e-2
     assert set(t0.y_train.tolist()) == set(range(10))
     other = stream(dataset="mnist1d", num_samples=400, num_tasks=2, seed=1)
     assert not torch.equal(other.tasks[0].x_train, t0.x_train)
@@ -217,10 +221,10 @@ def test_parquet_numeric_feature_columns(tmp_path):
     assert s.benchmark == "split-tab" and s.input_shape == (3,) and s.num_classes == 4
     assert [t.classes for t in s.tasks] == [(0, 1), (2, 3)]
     want = np.column_stack([tab[c].to_numpy() for c in "abc"]).astype(np.float32)
-    got = _rows(*(x for t in s.tasks for x in (t.x_train, t.x_test)))
+    got = _rows(*(x for t in s.tasks for x in (t.x_train, t.x_val, t.x_test)))
     assert got == sorted(map(tuple, want.tolist()))
     sub = stream(dataset="parquet", path=str(path), feature_columns=["c", "a"], num_tasks=2)
-    x = torch.cat([sub.tasks[0].x_train, sub.tasks[0].x_test])
+    x = torch.cat([sub.tasks[0].x_train, sub.tasks[0].x_val, sub.tasks[0].x_test])
     assert sub.input_shape == (2,) and _rows(x) == sorted(map(tuple, want[:, [2, 0]].tolist()))
 
 
@@ -232,7 +236,8 @@ def test_parquet_list_column_with_image_shape_can_be_rotated(tmp_path):
     s = stream(dataset="parquet", path=str(tmp_path / "img.parquet"), kind="rotated",
                num_tasks=2, angles=(0.0, 90.0), input_shape=(1, 4, 4))
     assert s.input_shape == (1, 4, 4) and s.tasks[0].x_train.shape[1:] == (1, 4, 4)
-    assert _rows(s.tasks[0].x_train, s.tasks[0].x_test) == sorted(map(tuple, imgs.tolist()))
+    t0 = s.tasks[0]
+    assert _rows(t0.x_train, t0.x_val, t0.x_test) == sorted(map(tuple, imgs.tolist()))
     x0 = s.tasks[0].x_train
     assert torch.allclose(s.tasks[1].x_train, torch.rot90(x0, 1, (-2, -1)), atol=1e-6)
 
@@ -247,14 +252,14 @@ def test_parquet_task_column_makes_the_tasks_and_standardize_uses_train_rows(tmp
     a = tab["a"].to_numpy()
     for t, value in zip(s.tasks, [3, 5, 7]):
         rows = np.flatnonzero(tab["task"].to_numpy() == value)
-        got = torch.cat([t.x_train[:, 0], t.x_test[:, 0]]).double()
+        got = torch.cat([t.x_train[:, 0], t.x_val[:, 0], t.x_test[:, 0]]).double()
         assert np.allclose(sorted(got.tolist()), sorted(a[rows]))
         # stratified by task and label: each of the 4 labels has 5 rows, round(1.25) = 1
         assert sorted(t.y_test.tolist()) == [0, 1, 2, 3] and t.classes == (0, 1, 2, 3)
     task_il = stream(**kw, scenario="task")  # labels overlap across tasks -> offset blocks
     assert task_il.num_classes == 12 and task_il.tasks[2].classes == (8, 9, 10, 11)
     std = stream(**kw, scenario="domain", standardize=True)
-    xtr = torch.cat([t.x_train for t in std.tasks])
+    xtr = torch.cat([x for t in std.tasks for x in (t.x_train, t.x_val)])  # training rows
     assert torch.allclose(xtr.mean(0), torch.zeros(3), atol=1e-5)
     assert torch.allclose(xtr.std(0, unbiased=False), torch.ones(3), atol=1e-4)
 
@@ -267,7 +272,8 @@ def test_parquet_hive_directory_with_disjoint_task_classes(tmp_path):
                scenario="class")
     assert s.benchmark == "tasks-ds" and s.num_classes == 4
     assert [t.classes for t in s.tasks] == [(0, 1), (2, 3)]  # disjoint: global ids kept
-    assert sorted(s.tasks[1].y_train.tolist() + s.tasks[1].y_test.tolist()) == [2] * 6 + [3] * 6
+    t1 = s.tasks[1]
+    assert sorted(t1.y_train.tolist() + t1.y_val.tolist() + t1.y_test.tolist()) == [2] * 6 + [3] * 6
 
 
 # -- config errors --------------------------------------------------------------------------

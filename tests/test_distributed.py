@@ -78,9 +78,11 @@ def raw_rows(output, dataset: str) -> pd.DataFrame:
 
 
 def r_by_run(output) -> dict[str, np.ndarray]:
-    """R of every run rebuilt from the files, asserting each R entry was written once."""
+    """Test R of every run rebuilt from the files, asserting each R entry (of each split)
+    was written once."""
     rows = raw_rows(output, "r_matrix")
-    assert not rows.duplicated(["run_id", "step", "eval_pos"]).any(), "duplicated R rows"
+    assert not rows.duplicated(["run_id", "split", "step", "eval_pos"]).any(), "duplicated R rows"
+    rows = rows[rows["split"] == "test"]
     runs = raw_rows(output, "runs")
     assert runs["run_id"].is_unique, "a run was written twice"
     assert set(runs["run_id"]) == set(rows["run_id"])
@@ -140,12 +142,14 @@ def test_stream_is_put_once_and_read_back_without_copies(cluster, stream):
     back = get_stream(handle)
     for a, b, ref in zip(stream.tasks, back.tasks, handle.refs):
         assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+        assert torch.equal(a.x_val, b.x_val) and torch.equal(a.y_val, b.y_val)
         # the tensor is a view of the shared-memory object (read-only), not a copy
         stored = ray.get(ref)["x_train"]
         assert not stored.flags.writeable
         assert b.x_train.data_ptr() == stored.ctypes.data
     assert handle.nbytes == sum(t.x_train.nbytes + t.y_train.nbytes + t.x_test.nbytes
-                                + t.y_test.nbytes for t in stream.tasks)
+                                + t.y_test.nbytes + t.x_val.nbytes + t.y_val.nbytes
+                                for t in stream.tasks)
 
 
 def test_one_actor_runs_the_sweep_one_run_after_another(cluster, stream, reference):

@@ -219,14 +219,32 @@ def test_online_ewc_follows_schwarz():
         ewc.consolidate(fisher, anchor)
     (f1, _), (f2, _), (f3, theta3) = tasks
     for n, _ in model.named_parameters():
-        # F~ <- gamma F~ + F_t, anchored at the latest parameters
-        torch.testing.assert_close(ewc.importance[n], gamma**2 * f1[n] + gamma * f2[n] + f3[n])
+        # F~ = gamma F~ + F_t, anchored at the latest parameters; the penalty weighs it by
+        # gamma (Schwarz et al. 2018; van de Ven's ewc_loss: fisher = gamma * fisher)
+        running = gamma**2 * f1[n] + gamma * f2[n] + f3[n]
+        torch.testing.assert_close(ewc.importance[n], gamma * running)
         torch.testing.assert_close(ewc.anchor[n], theta3[n])
     expect = sum(
-        lam / 2 * ((gamma**2 * f1[n] + gamma * f2[n] + f3[n]) * (p - theta3[n]).square()).sum()
+        lam / 2 * (gamma * (gamma**2 * f1[n] + gamma * f2[n] + f3[n])
+                   * (p - theta3[n]).square()).sum()
         for n, p in model.named_parameters()
     )
     torch.testing.assert_close(ewc.penalty(model), expect)
+
+
+def test_online_ewc_after_one_task_is_gamma_times_offline():
+    """After the first task, the online penalty is γ times the offline one, so a λ copied
+    from the papers means the same penalty (not 1/γ times it)."""
+    model, lam, gamma = tiny_mlp(), 3.0, 0.5
+    (fisher, anchor), *_ = random_tasks(model)
+    online = EWC(EWCConfig(lambda_=lam, online=True, gamma=gamma))
+    offline = EWC(EWCConfig(lambda_=lam))
+    online.consolidate(fisher, anchor)
+    offline.consolidate(fisher, anchor)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1)
+    torch.testing.assert_close(online.penalty(model), gamma * offline.penalty(model))
 
 
 # -- configs ---------------------------------------------------------------------------------

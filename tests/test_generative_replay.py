@@ -6,10 +6,13 @@ import torch
 from torch import nn
 
 from helpers import roundtrip, split_digits
+from llray import metrics
+from llray.data import StreamConfig, make_stream
 from llray.errors import ConfigError
 from llray.learner import LifelongRun, run_stream
 from llray.models import ModelConfig, build_model
 from llray.strategies import TrainConfig, make_strategy
+from llray.strategies.generative_replay import GenerativeReplay, GenerativeReplayConfig
 
 torch.set_num_threads(1)
 TRAIN = TrainConfig(epochs=5, batch_size=32, lr=0.1)
@@ -109,6 +112,45 @@ def test_task_il_replay_and_exact_resume():
     while not b.done:
         b.learn_next()
     np.testing.assert_array_equal(b.R, ref.R)
+
+
+class PerfectGenerator(nn.Module):
+    """A generator whose samples are real inputs of the earlier tasks (a perfect one)."""
+
+    def __init__(self, x):
+        super().__init__()
+        self.x = x.flatten(1)
+
+    def sample(self, n, g):
+        return self.x[torch.randint(len(self.x), (n,), generator=g, device=g.device)]
+
+
+class PerfectReplay(GenerativeReplay):
+    """DGR with perfect replays: isolates how replays are labelled and scored."""
+
+    def before_task(self, model, task, ctx):
+        super().before_task(model, task, ctx)
+        if self.prev_generator is not None:
+            self.prev_generator = PerfectGenerator(torch.cat([t.x_train for t in ctx.seen]))
+
+    def _train_generator(self, task, ctx, g):
+        pass
+
+
+@pytest.mark.parametrize("targets", ["hard", "soft"])
+def test_task_il_perfect_replays_do_not_forget(targets):
+    """With real old inputs as replays, task-IL DGR keeps every earlier task: each replay
+    is scored on every earlier task's head (van de Ven's scheme). Labelling a replay with
+    the argmax over all old classes' logits, as before, picked the wrong head for many
+    samples: BWT -0.205 here (naive: -0.035); now +0.015."""
+    s = make_stream(StreamConfig(dataset="mnist1d", kind="split", scenario="task",
+                                 num_tasks=5, num_samples=2000))
+    train = TrainConfig(epochs=5, batch_size=64, optimizer="adam", lr=0.003)
+    model = build_model(ModelConfig(hidden=(128, 128)), s.input_shape, s.num_classes, 0)
+    res = run_stream(s, model, PerfectReplay(GenerativeReplayConfig(targets=targets)),
+                     train, seed=0)
+    assert res.status == "ok"
+    assert metrics.bwt(res.R) > -0.03, res.R
 
 
 @pytest.mark.parametrize("bad", [

@@ -67,12 +67,28 @@ def test_si_path_integral_matches_a_hand_computation_with_momentum():
             W_new = W - lr * buf
             omega += -g_task * (W_new - W)
             W = W_new
-        Omega = Omega + omega / ((W - start) ** 2 + xi)
+        Omega = np.maximum(Omega + omega / ((W - start) ** 2 + xi), 0)  # clipped at 0
         anchor = W.copy()
         run.learn_next()
         np.testing.assert_allclose(model.weight.detach().numpy(), W, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(si.importance["weight"].numpy(), Omega, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(si.anchor["weight"].numpy(), anchor, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_si_clips_the_running_importance_at_zero_as_the_authors_code(clip):
+    """Ω ← relu(Ω + ω/(Δ² + ξ)) (ganguli-lab/pathint); ``clip_omega: false`` keeps the sum."""
+    si = make_strategy("si", {"xi": 0.5, "clip_omega": clip})
+    model = nn.Linear(1, 3, bias=False)
+    theta = model.weight.detach().clone()
+    si.importance = {"weight": torch.tensor([[0.2], [0.0], [1.0]])}
+    si.start = {"weight": theta - 1.0}  # Δ = 1: denominator 1.5
+    si.omega = {"weight": torch.tensor([[-0.6], [-1.5], [1.5]])}  # path integrals
+    si.after_task(model, None, None)
+    total = torch.tensor([[0.2 - 0.4], [0.0 - 1.0], [1.0 + 1.0]])
+    expect = total.clamp_min(0) if clip else total
+    torch.testing.assert_close(si.importance["weight"], expect)
+    assert si.config.clip_omega is clip and make_strategy("si").config.clip_omega
 
 
 def test_si_loss_is_task_loss_plus_weighted_quadratic():

@@ -102,7 +102,7 @@ def test_single_run_has_no_std_and_json_nulls():
     rows = json.loads(to_json(t))
     assert rows[0]["acc_std"] is None and rows[0]["bwt_std"] is None
     assert rows[0]["acc_mean"] == 0.41 and rows[0]["runs"] == 1 and rows[0]["bound"] == "lower"
-    assert list(rows[0]) == COLUMNS
+    assert list(rows[0]) == [*COLUMNS, "split"] and rows[0]["split"] == "test"
 
 
 def test_groups_by_experiment_benchmark_and_scenario():

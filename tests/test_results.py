@@ -1,5 +1,6 @@
 """The Parquet store: round trips, schemas, idempotent and atomic writes, bad files."""
 
+import dataclasses
 import json
 import os
 import re
@@ -281,6 +282,9 @@ def _docs_fixture(tmp_path):
     items = [make_run(f"r{s}", seed=s, strategy=st) for s, st in
              enumerate(["naive", "naive", "ewc"])]
     items.append(make_run("div", seed=9, status="diverged", diverge_at=2))
+    # every run also has a validation R: the examples must keep to the test rows
+    items = [(m, dataclasses.replace(r, R_val=r.R[::-1].copy(), n_val=r.n_test))
+             for m, r in items]
     write_runs(tmp_path, items[:2])
     for item in items[2:]:
         write_run(tmp_path, *item)

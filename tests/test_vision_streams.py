@@ -87,7 +87,7 @@ def cifar100_root(tmp_path):
 def test_rotated_mnist_domain_il_uses_the_official_split_and_rotates(mnist_root):
     root, data = mnist_root
     s = make_stream(StreamConfig(dataset="mnist", path=str(root), kind="rotated",
-                                 num_tasks=3, max_angle=180.0))
+                                 num_tasks=3, max_angle=180.0, val_fraction=0.0))
     assert (s.benchmark, s.scenario, s.input_shape, s.num_classes) == (
         "rotated-mnist", "domain", (1, 28, 28), 10)
     assert [t.name for t in s.tasks] == ["rotated-0", "rotated-90", "rotated-180"]
@@ -106,7 +106,8 @@ def test_rotated_mnist_domain_il_uses_the_official_split_and_rotates(mnist_root)
 def test_rotated_mnist_task_il_gives_each_task_its_label_block(mnist_root):
     root, data = mnist_root
     s = make_stream(StreamConfig(dataset="mnist", path=str(root), kind="rotated",
-                                 scenario="task", num_tasks=3, angles=(0.0, 30.0, 60.0)))
+                                 scenario="task", num_tasks=3, angles=(0.0, 30.0, 60.0),
+                                 val_fraction=0.0))
     assert s.scenario == "task" and s.num_classes == 30
     assert s.tasks[2].classes == tuple(range(20, 30))
     y = torch.from_numpy(data["train-labels-idx1-ubyte"].astype(np.int64))
@@ -117,7 +118,7 @@ def test_rotated_mnist_task_il_gives_each_task_its_label_block(mnist_root):
 @pytest.mark.parametrize("kind", ["rotated", "permuted"])
 def test_subsampling_before_the_transform_keeps_the_same_rows(mnist_root, kind):
     root, _ = mnist_root
-    kw = dict(dataset="mnist", path=str(root), kind=kind, num_tasks=3, seed=4)
+    kw = dict(dataset="mnist", path=str(root), kind=kind, num_tasks=3, seed=4, val_fraction=0.0)
     small = make_stream(StreamConfig(**kw, max_train_per_task=30))
     full = make_stream(StreamConfig(**kw))
     parts = [sc.Part(t.name, t.x_train, t.y_train, t.x_test, t.y_test) for t in full.tasks]
@@ -140,7 +141,7 @@ def test_fashionmnist_reads_its_own_folder(tmp_path):
 def test_split_cifar100_task_il_ten_tasks(cifar100_root):
     root, batches = cifar100_root
     s = make_stream(StreamConfig(dataset="cifar100", path=str(root), kind="split",
-                                 scenario="task", num_tasks=10))
+                                 scenario="task", num_tasks=10, val_fraction=0.0))
     assert (s.benchmark, s.scenario, s.input_shape, s.num_classes, s.num_tasks) == (
         "split-cifar100", "task", (3, 32, 32), 100, 10)
     for t in s.tasks:
@@ -177,7 +178,8 @@ def test_split_cifar10_class_il(tmp_path):
                                  num_tasks=5))
     assert s.benchmark == "split-cifar10" and s.num_classes == 10
     assert [t.classes for t in s.tasks] == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
-    assert [len(t.y_train) for t in s.tasks] == [20] * 5  # 2 per class in each of 5 batches
+    # 2 per class in each of 5 batches = 20 per task: 18 train + 2 validation (1 per class)
+    assert [(len(t.y_train), len(t.y_val)) for t in s.tasks] == [(18, 2)] * 5
     assert [len(t.y_test) for t in s.tasks] == [6] * 5
 
 

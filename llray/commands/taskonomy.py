@@ -65,6 +65,8 @@ def report(output: str, spec, seeds, pairs, num_tasks: int, score: str) -> int:
     png = tx.plot(aff, curr, num_tasks, title)
     where = tx.write(output, spec.strategy.display, pairs, aff, curr, tx.describe(spec, seeds), png,
                      experiment=spec.experiment + tx.SUFFIX)
+    split = pairs["split"].iloc[0] if "split" in pairs and len(pairs) else "test"
+    print(f"accuracies on the {'validation' if split == 'val' else 'test'} split")
     print("transfer (row i learned first, column j next; acc on j minus j alone):")
     print(tx.format_matrix(aff, "transfer", num_tasks))
     print("forgetting of i when j is learned next:")

@@ -44,7 +44,7 @@ MNIST1D_DEFAULT_SAMPLES = 4000
 
 # Independent random streams drawn from one seed, one per purpose, so that changing
 # e.g. the subsample size never changes the permutations.
-RNG_SPLIT, RNG_PERMUTE, RNG_CLASSES, RNG_SUBSAMPLE = 0, 1, 2, 3
+RNG_SPLIT, RNG_PERMUTE, RNG_CLASSES, RNG_SUBSAMPLE, RNG_VAL = 0, 1, 2, 3, 4
 
 
 def rng(seed: int, purpose: int, *more: int) -> np.random.Generator:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from llray.data.datasets import RNG_SUBSAMPLE, rng
+from llray.data.datasets import RNG_SUBSAMPLE, RNG_VAL, rng, split_indices
 from llray.data.pixels import to_float
 from llray.data.stream import Task, TaskStream
 
@@ -214,6 +214,34 @@ def subsample(parts: Sequence[Part], max_train: int | None, seed: int) -> list[P
             p = replace(p, x_train=p.x_train[keep], y_train=p.y_train[keep])
         out.append(p)
     return out
+
+
+def carve_validation(stream: TaskStream, fraction: float, seed: int) -> TaskStream:
+    """Each task's training data split into train and validation, stratified by label.
+
+    Every label of a task gives ``round(n · fraction)`` of its ``n`` training rows to
+    the validation split (at least one when it has two rows or more, none when it has
+    one), drawn with ``seed``, so the split is a pure function of the stream's config;
+    tasks built from the same training rows (permuted, rotated) hold out the same rows.
+    ``fraction`` 0 leaves the training data whole (no validation).
+
+    Example:
+        >>> from llray.data import StreamConfig, make_stream
+        >>> s = make_stream(StreamConfig(kind="split", num_tasks=5, val_fraction=0.0))
+        >>> v = carve_validation(s, 0.1, 0)
+        >>> n = len(s.tasks[0].y_train)
+        >>> len(v.tasks[0].y_train) + len(v.tasks[0].y_val) == n, len(v.tasks[0].y_val)
+        (True, 27)
+    """
+    if fraction == 0:
+        return stream
+    tasks = []
+    for t in stream.tasks:
+        train, val = split_indices(t.y_train.cpu().numpy(), fraction, rng(seed, RNG_VAL))
+        train, val = torch.from_numpy(train), torch.from_numpy(val)
+        tasks.append(replace(t, x_train=t.x_train[train], y_train=t.y_train[train],
+                             x_val=t.x_train[val], y_val=t.y_train[val]))
+    return replace(stream, tasks=tuple(tasks))
 
 
 # -- scenarios: the tasks' labels -----------------------------------------------------------

@@ -32,7 +32,12 @@ SCENARIOS = ("task", "domain", "class")
 
 @dataclass(frozen=True, eq=False)
 class Task:
-    """One task: id, name, train and test tensors, the global classes it contains."""
+    """One task: id, name, train, test and validation tensors, its global classes.
+
+    The validation split is held out of the task's training data (see
+    ``StreamConfig.val_fraction``): hyperparameters and orders are selected on it, never
+    on the test split. A task built without one has an empty validation split.
+    """
 
     id: int
     name: str
@@ -41,11 +46,27 @@ class Task:
     x_test: Tensor  # [M, *input_shape] same dtype as x_train
     y_test: Tensor  # [M] int64
     classes: tuple[int, ...]
+    x_val: Tensor | None = None  # [V, *input_shape] float32; None: empty
+    y_val: Tensor | None = None  # [V] int64
 
     def __post_init__(self) -> None:
         assert self.x_train.shape[0] == self.y_train.shape[0], "train x/y length differ"
         assert self.x_test.shape[0] == self.y_test.shape[0], "test x/y length differ"
         assert self.y_train.dtype == torch.long and self.y_test.dtype == torch.long
+        assert (self.x_val is None) == (self.y_val is None), "give both x_val and y_val"
+        if self.x_val is None:
+            object.__setattr__(self, "x_val", self.x_train[:0])
+            object.__setattr__(self, "y_val", self.y_train[:0])
+        assert self.x_val.shape[0] == self.y_val.shape[0], "validation x/y length differ"
+        assert self.y_val.dtype == torch.long
+
+    def split(self, name: str) -> tuple[Tensor, Tensor]:
+        """``(x, y)`` of the ``"test"`` or ``"val"`` split."""
+        if name == "test":
+            return self.x_test, self.y_test
+        if name == "val":
+            return self.x_val, self.y_val
+        raise ValueError(f"split must be 'test' or 'val', got {name!r}")
 
     def to(self, device: torch.device | str) -> "Task":
         """The same task with its tensors on ``device``."""
@@ -55,6 +76,8 @@ class Task:
             y_train=self.y_train.to(device),
             x_test=self.x_test.to(device),
             y_test=self.y_test.to(device),
+            x_val=self.x_val.to(device),
+            y_val=self.y_val.to(device),
         )
 
 
@@ -88,6 +111,11 @@ class TaskStream:
         for t in self.tasks:
             mask[t.id, list(t.classes)] = True
         return mask.to(device)
+
+    @property
+    def has_val(self) -> bool:
+        """True when every task has a non-empty validation split."""
+        return all(len(t.y_val) > 0 for t in self.tasks)
 
     def to(self, device: torch.device | str) -> "TaskStream":
         return replace(self, tasks=tuple(t.to(device) for t in self.tasks))

@@ -87,6 +87,9 @@ class StreamConfig:
         num_tasks: number of tasks, at least 2 (kind ``"tasks"``: the table's count).
         test_fraction: share of each class (and task) held out for testing; the image
             datasets use their own test set instead.
+        val_fraction: share of each task's training data (per label) held out as its
+            validation split, on which ``llray tune`` and ``llray curriculum`` select;
+            in ``[0, 1)``, 0 for none. Carved after ``max_train_per_task``.
         seed: seeds the split, permutations, class order, subsampling and mnist1d.
         max_train_per_task: keep at most this many training samples per task.
         num_samples: mnist1d only: sequences generated (default 4000).
@@ -117,6 +120,7 @@ class StreamConfig:
     scenario: Literal["task", "domain", "class"] | None = None
     num_tasks: int = 5
     test_fraction: float = 0.25
+    val_fraction: float = 0.1
     seed: int = 0
     max_train_per_task: int | None = None
     num_samples: int | None = None
@@ -139,6 +143,8 @@ class StreamConfig:
         require(self.num_tasks >= 2, "num_tasks", f"needs at least 2 tasks, got {self.num_tasks}")
         require(0.0 < self.test_fraction < 1.0, "test_fraction",
                 f"must be in (0, 1), got {self.test_fraction}")
+        require(0.0 <= self.val_fraction < 1.0, "val_fraction",
+                f"must be in [0, 1) (0: no validation split), got {self.val_fraction}")
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         self._check_only_for()
         self._check_sizes()
@@ -268,6 +274,7 @@ def make_stream(cfg: StreamConfig) -> TaskStream:
         num_classes, shape = arrays.num_classes, arrays.shape
     parts = sc.subsample(parts, cfg.max_train_per_task, cfg.seed)
     stream = sc.assemble(parts, cfg.scenario_name, num_classes, cfg.benchmark, shape)
+    stream = sc.carve_validation(stream, cfg.val_fraction, cfg.seed)
     if cfg.augment:
         stream = dataclasses.replace(stream, augment=Augmentation(cfg.augment, cfg.crop_padding))
     return stream

@@ -23,6 +23,7 @@ from llray.data import Task, TaskStream
 from llray.data.augment import Augmentation
 
 _ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+_VAL = ("x_val", "y_val")  # the validation split travels with the task
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def put_stream(stream: TaskStream) -> StreamHandle:
     """Put every task of ``stream`` into the object store once (as NumPy arrays)."""
     refs, nbytes = [], 0
     for task in stream.tasks:
-        arrays = {k: getattr(task, k).detach().cpu().numpy() for k in _ARRAYS}
+        arrays = {k: getattr(task, k).detach().cpu().numpy() for k in _ARRAYS + _VAL}
         nbytes += sum(a.nbytes for a in arrays.values())
         refs.append(ray.put(arrays))
     return StreamHandle(
@@ -68,7 +69,8 @@ def get_stream(handle: StreamHandle) -> TaskStream:
     """The :class:`TaskStream` behind ``handle``; its tensors share the object store's memory."""
     payloads = ray.get(list(handle.refs))
     tasks = tuple(
-        Task(i, handle.names[i], *(_tensor(p[k]) for k in _ARRAYS), handle.classes[i])
+        Task(i, handle.names[i], *(_tensor(p[k]) for k in _ARRAYS), handle.classes[i],
+             *(_tensor(p[k]) for k in _VAL))
         for i, p in enumerate(payloads)
     )
     return TaskStream(tasks, handle.scenario, handle.benchmark, handle.input_shape,

@@ -77,7 +77,9 @@ def _run_columns(meta: RunMeta, n: int) -> dict[str, pa.Array]:
 def r_matrix_table(meta: RunMeta, result: RunResult) -> pa.Table:
     """The ``(T + 1) · T`` R entries of one run as a table with :data:`R_MATRIX_SCHEMA`.
 
-    The rows are the test R (``split`` "test").
+    The rows are the test R (``split`` "test"), followed, when the run has one, by the
+    validation R (``result.R_val``, ``split`` "val", whose ``n_test`` column counts
+    validation samples).
 
     Example:
         >>> import numpy as np
@@ -87,7 +89,20 @@ def r_matrix_table(meta: RunMeta, result: RunResult) -> pa.Table:
         >>> t.num_rows, t.column("eval_task").to_pylist()[:2], t["split"][0].as_py()
         (6, [1, 0], 'test')
     """
-    return _r_rows(meta, _checked(meta, result), result.n_test, "test")
+    test = _r_rows(meta, _checked(meta, result), result.n_test, "test")
+    R_val = getattr(result, "R_val", None)
+    if R_val is None:
+        return test
+    R_val = np.asarray(R_val, dtype=np.float64)
+    if R_val.shape != _r_shape(meta) or np.shape(result.n_val) != (len(meta.order),):
+        raise ValueError(f"run {meta.run_id}: R_val must have shape {_r_shape(meta)} "
+                         f"and n_val {len(meta.order)} entries")
+    return pa.concat_tables([test, _r_rows(meta, R_val, result.n_val, "val")])
+
+
+def _r_shape(meta: RunMeta) -> tuple[int, int]:
+    """``(T + 1, T)``: the shape of a run's R."""
+    return len(meta.order) + 1, len(meta.order)
 
 
 def _r_rows(meta: RunMeta, R: np.ndarray, n: Any, split: str) -> pa.Table:

@@ -19,9 +19,18 @@ when a task with Fisher ``F`` and anchor ``θ*`` is added::
 value equals the naive sum over tasks, constant included, not just its gradient.
 
 Online EWC (Schwarz et al. 2018, "Progress & Compress: A scalable framework for
-continual learning", ICML) keeps one running Fisher ``F̃ ← γ F̃ + F_t`` and anchors to
-the latest parameters only: penalty ``λ/2 Σ_i F̃_i (θ_i − θ*_{last,i})²`` (here ``A = F̃``,
-``μ = θ*_last``, ``K = 0``).
+continual learning", ICML) keeps one running Fisher ``F̃_t = γ F̃_{t−1} + F_t`` and
+anchors to the latest parameters only. While task ``t + 1`` is learned the penalty is,
+as in the paper (Eq. 8, where the decay is applied before the next task's penalty) and
+in van de Ven's reference code (``ewc_loss``: ``fisher = gamma * fisher`` when online)::
+
+    λ/2 Σ_i γ F̃_{t,i} (θ_i − θ*_{t,i})²
+
+(here ``A = γ F̃``, ``μ = θ*_last``, ``K = 0``). So ``lambda_`` means what it means in
+those papers and a value can be copied from them. Before this was fixed, llray's online
+penalty used ``F̃`` without the factor γ, i.e. its λ was ``1/γ`` times theirs: a λ tuned
+for that version must be multiplied by ``γ`` to give the same penalty now. With
+``gamma: 1`` nothing changes.
 
 Example config::
 
@@ -58,7 +67,8 @@ class EWCConfig:
             strategy generator) for the Fisher; None uses all of them.
         fisher_batch: samples per vectorised Fisher chunk (memory vs speed).
         online: online EWC (one running Fisher, anchor = latest parameters).
-        gamma: decay of the running Fisher in online EWC, in [0, 1].
+        gamma: decay γ of the running Fisher in online EWC, in [0, 1]; the penalty uses
+            ``γ F̃`` (Schwarz et al. 2018), so γ = 0 forgets every earlier task.
     """
 
     lambda_: float = 100.0
@@ -118,7 +128,7 @@ class EWC(Strategy):
 
     def __init__(self, config: EWCConfig | None = None) -> None:
         super().__init__(config)
-        self.importance: dict[str, Tensor] = {}  # A = Σ_t F_t (online: F̃)
+        self.importance: dict[str, Tensor] = {}  # A = Σ_t F_t (online: γ F̃)
         self.anchor: dict[str, Tensor] = {}  # μ = B / A (online: θ* of the last task)
         self.const = 0.0  # K = Σ (C − B²/A) (online: 0)
         self.tasks = 0  # tasks consolidated
@@ -163,9 +173,11 @@ class EWC(Strategy):
         fisher = {n: f.detach() for n, f in fisher.items()}
         params = {n: p.detach().clone() for n, p in params.items()}
         if self.config.online:
+            # the state holds the penalty's weight γ F̃_t: γ F̃_t = γ (F_t + γ F̃_{t−1})
+            # = γ F_t + γ · (γ F̃_{t−1}), the previous state scaled by γ plus γ F_t
             g = self.config.gamma
             self.importance = {
-                n: (g * self.importance[n] + f) if n in self.importance else f.clone()
+                n: g * (self.importance[n] + f) if n in self.importance else g * f
                 for n, f in fisher.items()
             }
             self.anchor = params

@@ -185,8 +185,13 @@ class GenerativeReplay(Strategy):
     is the generator (and, while a task is learned, a frozen copy of the previous
     solver and generator).
 
-    In task-IL a replayed sample's task is the one whose labels contain its predicted
-    class, so the scenario layer masks it to that task's head.
+    In task-IL a replayed sample has no task of its own (the generator makes inputs,
+    not tasks), and the heads of different tasks are never trained against each other,
+    so an argmax over all old classes picks the wrong task for many samples. As in van de
+    Ven's reference code (``train_task_based.py``, ``per_context``), every replayed
+    sample is therefore scored on *each* earlier task's head: the previous solver's
+    prediction on head ``k`` is the target for the current solver's head ``k``, and the
+    replay loss is the mean over the earlier tasks.
 
     Example config: ``strategies: [{name: generative_replay, generator: gan}]``.
     """
@@ -242,15 +247,15 @@ class GenerativeReplay(Strategy):
         self.fit(model, task.x_train, task.y_train, task.id, task, ctx)
         self._train_generator(task, ctx, self._g)
 
-    def _replay(self, n: int, task: Task, ctx: Context, g: torch.Generator):
-        """``n`` generated inputs with the previous solver's targets and task ids."""
-        shape = ctx.stream_info.input_shape
-        x = self.prev_generator.sample(n, g).view(n, *shape)
+    def _replay(self, n: int, g: torch.Generator, ctx: Context) -> tuple[Tensor, Tensor]:
+        """``n`` generated inputs [n, *shape] and the previous solver's raw logits [n, C]."""
+        x = self.prev_generator.sample(n, g).view(n, *ctx.stream_info.input_shape)
         with torch.no_grad():
-            old = self.prev_solver(x).masked_fill(~self.old_classes, MASKED)
-        y = old.argmax(1)
-        t = self.class_task[y] if ctx.scenario == "task" else task.id
-        return x, y, t, old
+            return x, self.prev_solver(x)
+
+    def _old_tasks(self) -> Tensor:
+        """Ids of the tasks learned so far (those owning a learned class)."""
+        return torch.unique(self.class_task[self.old_classes])
 
     def loss(self, model: nn.Module, batch: Batch, task: Task, ctx: Context) -> Tensor:
         """``r · CE(current batch) + (1 − r) · loss on replays of the earlier tasks``."""
@@ -262,12 +267,22 @@ class GenerativeReplay(Strategy):
         return r * loss + (1 - r) * self._replay_loss(model, task, ctx, self._g, nb)
 
     def _replay_loss(self, model, task, ctx, g, n: int) -> Tensor:
-        xr, yr, tr, old = self._replay(n, task, ctx, g)
-        logits = ctx.logits(model, xr, tr)
-        if self.config.targets == "hard":
-            return F.cross_entropy(logits, yr)
-        p = torch.softmax(ctx.mask(old, tr), dim=1)
-        return -(p * torch.log_softmax(logits, dim=1)).sum(1).mean()
+        """The loss on ``n`` replays: on the classes learned so far (class-IL), all
+        outputs (domain-IL), or on each earlier task's head, averaged (task-IL)."""
+        xr, old = self._replay(n, g, ctx)
+        out = model(xr)  # [n, C]
+        if ctx.scenario == "task":
+            heads = ctx.class_mask[self._old_tasks()]  # [K, C]: one row per earlier task
+            out = out.unsqueeze(1).masked_fill(~heads, MASKED)  # [n, K, C]
+            old = old.unsqueeze(1).masked_fill(~heads, MASKED)
+        else:
+            out = ctx.mask(out, task.id)
+            old = old.masked_fill(~self.old_classes, MASKED)
+        C = out.shape[-1]
+        if self.config.targets == "hard":  # the mean over samples (and heads)
+            return F.cross_entropy(out.reshape(-1, C), old.argmax(-1).reshape(-1))
+        p = torch.softmax(old, dim=-1)
+        return -(p * torch.log_softmax(out, dim=-1)).sum(-1).mean()
 
     def _train_generator(self, task: Task, ctx: Context, g: torch.Generator) -> None:
         gen, cfg = self.generator, self.config

@@ -13,7 +13,12 @@ momentum or Adam are handled too). At the end of the task (Eq. 5)::
     Ω_k ← Ω_k + ω^μ_k / ((Δ^μ_k)² + ξ),    Δ^μ = θ(end of μ) − θ(start of μ)
 
 and later tasks minimise ``L + c Σ_k Ω_k (θ_k − θ*_k)²`` with ``θ*`` the parameters at the
-end of the previous task (Eq. 4). ``ω`` is not clipped (the paper does not clip it).
+end of the previous task (Eq. 4). As in the authors' code (ganguli-lab/pathint,
+``protocols.py``: ``omega = relu(omega + grads2 / (delta² + xi))``), the running ``Ω`` is
+clipped at 0 after every task (``clip_omega: true``, the default): a parameter whose
+path integral came out negative (its moves *raised* the loss, e.g. through momentum or
+noise) gets no importance rather than a negative one, which would *reward* moving it
+away from its anchor. ``clip_omega: false`` keeps the paper's unclipped sum.
 
 Example config::
 
@@ -42,10 +47,13 @@ class SIConfig:
     Attributes:
         c: strength of the surrogate penalty (>= 0; 0 is naive fine-tuning).
         xi: damping ξ of the importance denominator ``Δ² + ξ`` (> 0).
+        clip_omega: clip the running importance Ω at 0 after each task, as the
+            authors' code does (default); false keeps negative importances.
     """
 
     c: float = 0.1
     xi: float = 0.1
+    clip_omega: bool = True
 
     def __post_init__(self) -> None:
         require(self.c >= 0, "c", f"must be >= 0, got {self.c}")
@@ -65,7 +73,7 @@ class SI(Strategy):
     Example:
         >>> from llray.strategies import make_strategy
         >>> make_strategy("si", {"c": 0.5}).config
-        SIConfig(c=0.5, xi=0.1)
+        SIConfig(c=0.5, xi=0.1, clip_omega=True)
     """
 
     name = "si"
@@ -138,13 +146,15 @@ class SI(Strategy):
                 p.grad.addcmul_(self.importance[n], diff, value=2 * self.config.c)
 
     def after_task(self, model: nn.Module, task: Task, ctx: Context) -> None:
-        """``Ω += ω / (Δ² + ξ)``; the anchor moves to the current parameters."""
+        """``Ω ← max(Ω + ω / (Δ² + ξ), 0)`` (unclipped with ``clip_omega: false``); the
+        anchor moves to the current parameters."""
         for n, p in _trainable(model).items():
             if n not in self.omega:  # a parameter created during the task
                 continue
             delta = p.detach() - self.start[n]
             contrib = self.omega[n] / (delta.square() + self.config.xi)
-            self.importance[n] = self.importance[n] + contrib if n in self.importance else contrib
+            total = self.importance[n] + contrib if n in self.importance else contrib
+            self.importance[n] = total.clamp_min(0) if self.config.clip_omega else total
             self.anchor[n] = p.detach().clone()
         self.omega, self.start = {}, {}
         self.tasks += 1

@@ -117,7 +117,8 @@ def format_summary(study: Any, records: Sequence[TrialRecord], top: int = 5) -> 
     counts = pd.Series([r.status for r in records]).value_counts().to_dict() if records else {}
     lines = [f"study {study.study}: {len(records)} trials ("
              + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ")",
-             "objectives: " + ", ".join(f"{o} ({m})" for o, m in zip(objectives, modes))]
+             "objectives (selected on the validation split): "
+             + ", ".join(f"{o} ({m})" for o, m in zip(objectives, modes))]
     chosen = best(records, objectives, modes)
     if not chosen:
         lines.append("no trial finished")
@@ -136,10 +137,11 @@ def format_summary(study: Any, records: Sequence[TrialRecord], top: int = 5) -> 
     lines += [f"  {k}: {_short(v)}" for k, v in head.values.items()]
     if head.R is not None:
         order = head.extra.get("order") or head.values.get("order") or range(head.R.shape[1])
-        lines.append("R (row i: after the i-th task of the order; columns: tasks in order):")
+        lines.append("test R (row i: after the i-th task of the order; columns: tasks in "
+                     "order):")
         lines.append(_indent(r_table(head.R, list(order))))
         if head.status == "ok":
-            lines.append("metrics: " + "  ".join(
+            lines.append("test metrics: " + "  ".join(
                 f"{name} {float(fn(head.R)):.4f}" for name, fn in METRICS.items()))
     lines.append(f"top {min(top, len(records))} trials:")
     table = trials_table(ranked(records, objectives, modes)[:top], objectives)

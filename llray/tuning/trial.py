@@ -11,6 +11,8 @@ Two kinds of values, with different names:
   "max")``, ``ExperimentAnalysis.get_best_trial`` and Optuna's ``best_trial`` can only
   pick a trial that finished; a trial stopped early has no ``acc``.
 
+The objectives are computed on the validation R (``R_val``, the tasks' held-out
+training data) when the stream has one, never on the test R, which is only reported.
 A trial that diverges reports the worst value of every objective and
 ends; the study goes on. Every ended trial goes to the results store, one that was
 stopped early with status ``stopped`` (:func:`write_trial`).
@@ -40,6 +42,7 @@ import torch
 
 from llray import metrics
 from llray.data import TaskStream, make_stream
+from llray.errors import ConfigError
 from llray.experiment import build_run, utc_now
 from llray.learner import LifelongRun, RunResult
 from llray.tuning.spec import StudySpec
@@ -87,6 +90,9 @@ class Trial:
         self.values = study.space.values(self.params)  # field values, order decoded
         self.run_spec = study.run_spec(self.values)
         stream = stream if stream is not None else make_stream(study.experiment.stream)
+        if not stream.has_val:
+            raise ConfigError("stream.val_fraction", "a search selects on the validation "
+                              "split: must be > 0 (default 0.1)")
         self.run: LifelongRun = build_run(self.run_spec, stream, device)
         self.started_at = utc_now()
         self._t0 = time.perf_counter()
@@ -123,6 +129,8 @@ class Trial:
             if self.done:
                 out[o] = out[seen_name(o)]
         out["R"] = r_to_json(self.run.R)
+        val = self._val_R()
+        out["R_val"] = None if val is None else r_to_json(val)
         return out
 
     @property
@@ -149,6 +157,7 @@ class Trial:
             "run_id": self.run_spec.run_id,
             "order": list(self.run_spec.order),
             "n_test": [int(n) for n in res.n_test],
+            "n_val": [int(n) for n in res.n_val] if res.n_val is not None else None,
             "wall_s": res.wall_s,
             "train_s": res.train_s,
             "samples_trained": res.samples_trained,
@@ -196,6 +205,9 @@ def result_from_report(report: Mapping[str, Any], status: str | None = None) -> 
         train_s=float(report["train_s"]),
         samples_trained=int(report["samples_trained"]),
         task_seconds=list(report["task_seconds"]),
+        R_val=r_from_json(report["R_val"]) if report.get("R_val") is not None else None,
+        n_val=(np.array(report["n_val"], dtype=np.int64)
+               if report.get("R_val") is not None and report.get("n_val") is not None else None),
     )
 
 
