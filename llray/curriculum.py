@@ -95,7 +95,9 @@ def studies(output: str | Path) -> pd.DataFrame:
                                       "config"])
     tuning = [(json.loads(c) if isinstance(c, str) else {}).get("tuning") or {}
               for c in runs["config"]]
-    runs["study"] = [t.get("study") for t in tuning]
+    # a study's trials; not its confirmation runs (llray tune --confirm), which re-run
+    # chosen configurations on other seeds
+    runs["study"] = [None if t.get("confirm") else t.get("study") for t in tuning]
     runs["searched"] = [sorted((t.get("params") or {})) for t in tuning]
     runs["order"] = [tuple(int(x) for x in o) for o in runs["task_order"]]
     return runs[runs["study"].notna()][["study", "benchmark", "order", "status", "acc",

@@ -451,7 +451,10 @@ def param_figure(exp: str, trials: pd.DataFrame, keys: list[str],
                 ax.scatter([x[trials.index.get_loc(best)]], [trials.loc[best, m]], s=60,
                            facecolors="none", edgecolors="#d62728", label="best ACC")
             if log:
+                from matplotlib.ticker import NullLocator
+
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_locator(NullLocator())  # decades only: 3x faster to lay out
             ax.tick_params(labelsize=7)
             if key in cats_of:
                 step = math.ceil(len(cats) / MAX_TICK_LABELS)

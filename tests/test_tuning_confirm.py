@@ -78,3 +78,19 @@ def test_the_report_says_whether_the_paired_difference_is_significant():
     assert d.interval.low > 0 and d.p_value < 1e-3
     # the interval over seeds of each configuration
     assert "acc 0.6020 [" in text
+
+
+def test_confirmation_runs_are_not_trials_of_the_study_for_the_curriculum(tmp_path):
+    from llray.curriculum import studies
+    from llray.results import RunMeta, write_run
+
+    for i, (tuning, acc) in enumerate([({"study": "o", "params": {"order": [1, 0]}}, 0.5),
+                                       ({"study": "o", "params": {"order": [0, 1]},
+                                         "confirm": "baseline"}, 0.9)]):
+        order = tuple(tuning["params"]["order"])
+        R = np.full((3, 2), acc)
+        write_run(tmp_path, RunMeta(f"r{i}", "o" if i == 0 else "o-confirm", "naive", "digits",
+                                    "domain", i, order, {"tuning": tuning}),
+                  RunResult(R, order, "ok", np.full(2, 10), 1.0, 1.0, 1))
+    found = studies(tmp_path)
+    assert list(found["study"]) == ["o"] and list(found["order"]) == [(1, 0)]

@@ -22,14 +22,12 @@ Example:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from llray import metrics
 from llray.learner import RunResult
 from llray.tuning.spec import StudySpec
 from llray.tuning.summary import TrialRecord, best, _short
@@ -121,9 +119,7 @@ def run_confirm(
         for seed in seeds:
             spec = replace(base, seed=seed)
             started = _now()
-            t0 = time.perf_counter()
             res = execute(spec, stream)
-            res = replace(res, wall_s=time.perf_counter() - t0) if res.wall_s == 0 else res
             c.results.append(res)
             if output is not None:
                 _write(output, study, c, spec, res, stream, started)
@@ -248,5 +244,5 @@ def _seeds(seeds: Sequence[int]) -> str:
     return ", ".join(map(str, seeds))
 
 
-__all__ = ["Confirmed", "Difference", "Interval", "chosen", "confirm_seeds",
-           "experiment_name", "format_confirm", "paired", "run_confirm", "metrics"]
+__all__ = ["Confirmed", "Difference", "Interval", "baseline_values", "chosen",
+           "confirm_seeds", "experiment_name", "format_confirm", "paired", "run_confirm"]
