@@ -63,6 +63,7 @@ def generate(root: Path, n_runs: int, T: int, seed: int = 0,
             n = min(runs_per_file, per_exp - start, n_runs - run0)
             table = _runs_table(rng, run0, n, T, pa)
             name = f"batch-{run0:08d}.parquet"
+            table = table.append_column("split", pa.array(["test"] * table.num_rows))
             pq.write_table(table.cast(R_MATRIX_FILE_SCHEMA), folder / name, compression="zstd")
             runs_folder = root / "runs" / f"experiment=exp{e}"
             runs_folder.mkdir(parents=True, exist_ok=True)
@@ -108,8 +109,9 @@ def _runs_rows(r_table, experiment: str, T: int, pa) -> "pa.Table":
         "wall_s": pa.array(np.full(n, 10.0)), "train_samples_per_s": pa.array(np.full(n, 1e4)),
         "config": pa.array(configs), "started_at": pa.array([now] * n),
         "finished_at": pa.array([now] * n),
+        "error": pa.nulls(n, pa.string()),
     }
-    return pa.table(cols).cast(RUNS_FILE_SCHEMA)
+    return pa.table(cols).select(RUNS_FILE_SCHEMA.names).cast(RUNS_FILE_SCHEMA)
 
 
 def _runs_table(rng: np.random.Generator, run0: int, n: int, T: int, pa) -> "pa.Table":

@@ -1,0 +1,28 @@
+"""The README's output tables are what scripts/readme_tables.py prints for their jobs."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "scripts" / "readme_tables.py")
+readme_tables = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(readme_tables)
+
+
+def test_every_table_name_has_its_block_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    for name in readme_tables.TABLES:
+        block = readme_tables.readme_table(name, readme)
+        assert block is not None and block.startswith("experiment "), name
+
+
+def test_replace_table_changes_only_its_block():
+    text = "a\n<!-- table: quickstart -->\n```\nold\n```\nb\n<!-- table: reference -->\n```\nx\n```\n"
+    new = readme_tables.replace_table("quickstart", text, "new\n")
+    assert readme_tables.readme_table("quickstart", new) == "new\n"
+    assert readme_tables.readme_table("reference", new) == "x\n"
+    with pytest.raises(SystemExit, match="no '<!-- table: nope -->'"):
+        readme_tables.replace_table("nope", text, "")
+
