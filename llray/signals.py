@@ -10,6 +10,7 @@ is called right after Ray starts.
 
 Example:
     >>> import os, signal
+    >>> previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     >>> previous = sigterm_as_sigint()
     >>> try:
     ...     os.kill(os.getpid(), signal.SIGTERM)
@@ -18,6 +19,7 @@ Example:
     ...     print("interrupted")
     ... finally:
     ...     restore(previous)
+    ...     _ = signal.signal(signal.SIGINT, previous_int)
     interrupted
 """
 
