@@ -15,8 +15,8 @@ Example:
     >>> nodes = [{"CPU": 2.0}, {"CPU": 4.0, "GPU": 1.0}]
     >>> fit({"CPU": 1.0}, nodes), fit({"CPU": 1.0, "GPU": 0.5}, nodes)
     (6, 2)
-    >>> unsatisfiable({"CPU": 1.0, "GPU": 2.0}, nodes)
-    'resources.num_gpus: each run asks for 2 GPU, but no node has that much (largest node: 4 CPU, 1 GPU)'
+    >>> print(unsatisfiable({"CPU": 1.0, "GPU": 2.0}, nodes))
+    resources.num_gpus: each run asks for 2 GPU, but no node has that much (largest node: 4 CPU, 1 GPU)
 """
 
 from __future__ import annotations

@@ -207,8 +207,10 @@ def in_flight_limit(shape: capacity.Shape, nodes: Sequence[dict[str, float]],
     """Runs of ``shape`` to keep in flight: what ``nodes`` fit now, at most ``max_in_flight``.
 
     Example:
-        >>> in_flight_limit({"CPU": 1.0}, [{"CPU": 2.0}]), in_flight_limit({"CPU": 1.0}, [{"CPU": 8.0}], 3)
-        (2, 3)
+        >>> in_flight_limit({"CPU": 1.0}, [{"CPU": 2.0}])
+        2
+        >>> in_flight_limit({"CPU": 1.0}, [{"CPU": 8.0}], max_in_flight=3)
+        3
     """
     fit = capacity.fit(shape, nodes)
     return min(fit, max_in_flight) if max_in_flight is not None else fit
@@ -327,9 +329,10 @@ class _Sweep:
             want = len(self.pending) + sum(1 for s in self.slots if s.run is not None)
             if self.opt.max_in_flight is not None:
                 want = min(want, self.opt.max_in_flight)
-            if want > self.limit and want != self.demand or self.demand and want <= self.limit:
-                self.demand = want if want > self.limit else 0
-                capacity.request_demand(self.shape, self.demand)
+            demand = want if want > self.limit else 0  # ask only for room that is missing
+            if demand != self.demand:
+                self.demand = demand
+                capacity.request_demand(self.shape, demand)
 
     def _fill(self) -> None:
         """Open slots for waiting runs while the cluster has room for them."""
