@@ -26,3 +26,9 @@ def test_replace_table_changes_only_its_block():
     with pytest.raises(SystemExit, match="no '<!-- table: nope -->'"):
         readme_tables.replace_table("nope", text, "")
 
+
+
+def test_readme_quickstart_table_is_what_the_script_prints():
+    # 12 quickstart runs in this process (about 20 s on 2 idle cores)
+    readme = (ROOT / "README.md").read_text()
+    assert readme_tables.readme_table("quickstart", readme) == readme_tables.table("quickstart")
