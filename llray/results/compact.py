@@ -29,12 +29,12 @@ from llray.results.read import (
     _open_checked,
     _read_file,
     _Vanished,
+    existing_store,
 )
 from llray.results.schema import (
     _DATASETS,
     ResultsError,
     _experiment_of,
-    _filesystem,
     _without_partition,
 )
 from llray.results.write import _write_atomic
@@ -132,12 +132,7 @@ def compact(
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
         raise ConfigError("max_rows", f"must be an integer >= 1, got {max_rows!r}")
     t0 = time.perf_counter()
-    fs, root = _filesystem(output_dir)
-    kind = fs.get_file_info(root).type
-    if kind == pafs.FileType.NotFound:
-        raise ResultsError("output", f"results directory {os.fspath(output_dir)!r} does not exist")
-    if kind != pafs.FileType.Directory:
-        raise ResultsError("output", f"{os.fspath(output_dir)!r} is not a directory")
+    fs, root = existing_store(output_dir)
     listed: dict[tuple[str, str], list[pafs.FileInfo]] = {}
     for dataset in _DATASETS:
         base = f"{root}/{dataset}"

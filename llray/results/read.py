@@ -209,6 +209,21 @@ def _newest(table: pa.Table, file_rows: Sequence[int], ranks: np.ndarray) -> np.
     return row_rank == best[codes]
 
 
+def existing_store(output_dir: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and root of a results directory that must already exist.
+
+    Raises:
+        ResultsError: ``output``, when it does not exist or is not a directory.
+    """
+    fs, root = _filesystem(output_dir)
+    kind = fs.get_file_info(root).type
+    if kind == pafs.FileType.NotFound:
+        raise ResultsError("output", f"results directory {os.fspath(output_dir)!r} does not exist")
+    if kind != pafs.FileType.Directory:
+        raise ResultsError("output", f"{os.fspath(output_dir)!r} is not a directory")
+    return fs, root
+
+
 def check_store(
     output_dir: str | os.PathLike[str],
     datasets: Sequence[str] = ("r_matrix", "runs"),
@@ -239,12 +254,7 @@ def check_store(
         >>> check_store(tempfile.mkdtemp())
         0
     """
-    fs, root = _filesystem(output_dir)
-    kind = fs.get_file_info(root).type
-    if kind == pafs.FileType.NotFound:
-        raise ResultsError("output", f"results directory {os.fspath(output_dir)!r} does not exist")
-    if kind != pafs.FileType.Directory:
-        raise ResultsError("output", f"{os.fspath(output_dir)!r} is not a directory")
+    fs, root = existing_store(output_dir)
     checked = 0
     for dataset in datasets:
         base = f"{root}/{dataset}"
