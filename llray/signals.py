@@ -10,6 +10,7 @@ is called right after Ray starts.
 
 Example:
     >>> import os, signal
+    >>> sigint = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own
     >>> previous = sigterm_as_sigint()
     >>> try:
     ...     os.kill(os.getpid(), signal.SIGTERM)
@@ -18,6 +19,7 @@ Example:
     ...     print("interrupted")
     ... finally:
     ...     restore(previous)
+    ...     _ = signal.signal(signal.SIGINT, sigint)
     interrupted
 """
 
