@@ -2,9 +2,11 @@
 
 Each table follows a ``<!-- table: NAME -->`` line in README.md and is the summary table
 of ``llray report`` (its table lines, not the note under it) for the runs of NAME's job
-configs. The runs are learned in this process with ``llray.experiment.execute``: on CPU
-a run is a pure function of its config and seed, so they give exactly the R (and the
-table) of ``make demo`` / ``make reference``, which run the same configs on Ray.
+configs. The runs are learned in this process with ``llray.experiment.execute`` and one
+torch thread, as each run's Ray actor does with ``resources: {num_cpus: 1}``: on CPU a
+run is then a pure function of its config and seed, so they give exactly the R (and the
+table) of ``make demo`` / ``make reference``, which run the same configs on Ray. (With
+more threads the floating-point sums, and the third decimal, can differ.)
 
 Usage::
 
@@ -38,6 +40,10 @@ def table(name: str) -> str:
     from llray.report import report
     from llray.results import write_run
 
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each run's actor (resources: {num_cpus: 1}): same floats
     with tempfile.TemporaryDirectory() as out:
         for pattern in TABLES[name]:
             for path in sorted(ROOT.glob(pattern)):
@@ -46,6 +52,7 @@ def table(name: str) -> str:
                 for spec in cfg.runs():
                     write_run(out, meta_for(spec, None, None, stream), execute(spec, stream))
         text = report(out)
+    torch.set_num_threads(threads)
     return text.split("\n\n")[0].rstrip("\n") + "\n"
 
 

@@ -35,9 +35,13 @@ def _leftovers(root: Path) -> list[str]:
 
 @pytest.fixture
 def sigterm_handler_restored():
+    """SIGTERM's handler restored after the test; SIGINT Python's own during it (a Ray
+    Tune run earlier in this process may have left its SIGINT handler installed)."""
     before = signal.getsignal(signal.SIGTERM)
+    sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGTERM, before)
+    signal.signal(signal.SIGINT, sigint)
 
 
 def test_sigterm_calls_what_handles_sigint_now(sigterm_handler_restored):
@@ -93,7 +97,8 @@ def test_sigterm_during_the_final_compaction_exits_130_and_keeps_the_store(
     assert len(load(out).runs) == 1 and not _leftovers(out)
 
 
-def test_sigint_in_compact_command_exits_130_with_hint(tmp_path, monkeypatch, capsys):
+def test_sigint_in_compact_command_exits_130_with_hint(tmp_path, monkeypatch, capsys,
+                                                      sigterm_handler_restored):
     write_run(tmp_path, *make_run("a"))
     write_run(tmp_path, *make_run("b", seed=1))
     module = importlib.import_module("llray.results.compact")  # not the function
