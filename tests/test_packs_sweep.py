@@ -15,7 +15,7 @@ from llray.distributed.sweep import SweepOptions, run_sweep
 from llray.experiment import execute
 from llray.packs.grouping import group_packs
 from llray.packs.run import build_pack
-from llray.results import load
+from llray.results import load, r_matrix_of
 
 T = 2
 CONFIG = {
@@ -39,14 +39,9 @@ def stream():
     return make_stream(config().stream)
 
 
-def r_from_store(output) -> dict[str, np.ndarray]:
+def r_from_store(output, split: str = "test") -> dict[str, np.ndarray]:
     rows = load(output).r_matrix
-    out = {}
-    for run_id, g in rows.groupby("run_id"):
-        R = np.full((T + 1, T), np.nan)
-        R[g["step"].to_numpy(), g["eval_pos"].to_numpy() - 1] = g["accuracy"].to_numpy()
-        out[run_id] = R
-    return out
+    return {run_id: r_matrix_of(rows, run_id, split) for run_id in rows["run_id"].unique()}
 
 
 def test_grid_grouped_into_packs_values_seeds_orders_mixed():
@@ -69,14 +64,15 @@ def test_pack_sweep_writes_each_runs_own_rows(ray_local, stream, tmp_path, capsy
     finished = run_sweep(specs, stream, str(out), SweepOptions(checkpoint=str(tmp_path / "c")))
     assert "gem have no pack version; their runs train unpacked" in capsys.readouterr().err
     assert sorted(f.spec.run_id for f in finished) == sorted(s.run_id for s in specs)
-    R = r_from_store(out)
+    R, R_val = r_from_store(out), r_from_store(out, "val")
     runs = load(out).runs.set_index("run_id")
     for s in specs:
-        alone = execute(s, stream).R
-        if s.strategy.name == "gem":  # a pack of one is the unpacked path, bit for bit
-            np.testing.assert_array_equal(R[s.run_id], alone)
-        else:
-            np.testing.assert_allclose(R[s.run_id], alone, atol=0.02, rtol=0)
+        alone = execute(s, stream)
+        for got, want in ((R[s.run_id], alone.R), (R_val[s.run_id], alone.R_val)):
+            if s.strategy.name == "gem":  # a pack of one is the unpacked path, bit for bit
+                np.testing.assert_array_equal(got, want)
+            else:
+                np.testing.assert_allclose(got, want, atol=0.02, rtol=0)
         assert runs.loc[s.run_id, "status"] == "ok" and runs.loc[s.run_id, "seed"] == s.seed
     assert CheckpointStore(str(tmp_path / "c")).run_ids() == set()
 
@@ -84,9 +80,11 @@ def test_pack_sweep_writes_each_runs_own_rows(ray_local, stream, tmp_path, capsy
 def test_pack_1_is_bit_identical_to_the_unpacked_run(ray_local, stream, tmp_path):
     specs = config(resources={"pack": 1}, strategies=["naive", "ewc"], seeds=[3]).runs()
     run_sweep(specs, stream, str(tmp_path / "out"))
-    R = r_from_store(tmp_path / "out")
+    R, R_val = r_from_store(tmp_path / "out"), r_from_store(tmp_path / "out", "val")
     for s in specs:
-        np.testing.assert_array_equal(R[s.run_id], execute(s, stream).R)
+        alone = execute(s, stream)
+        np.testing.assert_array_equal(R[s.run_id], alone.R)
+        np.testing.assert_array_equal(R_val[s.run_id], alone.R_val)
 
 
 def kill_and_wait(actor) -> None:

@@ -30,7 +30,10 @@ def test_a_trial_reports_acc_seen_per_task_and_acc_only_after_the_last():
     assert [("acc" in m) for m in reports] == [False, False, True]
     assert all("acc_seen" in m for m in reports)
     assert reports[-1]["acc"] == reports[-1]["acc_seen"]
-    assert reports[0]["acc_seen"] == pytest.approx(t.run.R[1, 0])  # one task seen
+    # one task seen, on the validation split the study selects on (never the test R)
+    assert all(m["selected_on"] == "val" for m in reports)
+    assert reports[0]["acc_seen"] == pytest.approx(t.run.R_val[1, 0])
+    assert reports[0]["acc_seen"] != pytest.approx(t.run.R[1, 0])
     assert t.final_values() == [reports[-1]["acc"]]
 
 

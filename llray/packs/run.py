@@ -92,25 +92,43 @@ class PackRun:
 
     # -- evaluation ------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, runs: Sequence[int]) -> dict[int, np.ndarray]:
-        """Test accuracy of each run in ``runs`` on every task: ``{k: R row}``."""
+    def evaluate(self, runs: Sequence[int], split: str = "test") -> dict[int, np.ndarray]:
+        """Accuracy of each run in ``runs`` on every task's ``split`` ("test" or "val"):
+        ``{k: row of R (or of R_val)}``."""
         first = self.members[0]
         bs = first.ctx.train.eval_batch_size
         correct = torch.zeros(self.K, self.T, dtype=torch.long, device=self.device)
         for task in first.stream.tasks:
-            for i in range(0, len(task.y_test), bs):
-                out = self.strategy.predict(task.x_test[i : i + bs], task.id)  # [K, M, C]
-                hit = out.argmax(-1) == task.y_test[i : i + bs]  # [K, M]
+            x, y = task.split(split)
+            for i in range(0, len(y), bs):
+                out = self.strategy.predict(x[i : i + bs], task.id)  # [K, M, C]
+                hit = out.argmax(-1) == y[i : i + bs]  # [K, M]
                 correct[:, task.id] += hit.sum(1)
         c = correct.cpu().numpy()
-        return {k: c[k, list(self.members[k].order)] / np.maximum(self.members[k].n_test, 1)
-                for k in runs}
+        out = {}
+        for k in runs:
+            m = self.members[k]
+            n = m.n_test if split == "test" else m.n_val
+            out[k] = c[k, list(m.order)] / np.maximum(n, 1)
+        return out
+
+    def _fill_rows(self, runs: Sequence[int], step_of) -> dict[int, np.ndarray]:
+        """Evaluate ``runs`` and write their R (and R_val) row ``step_of(member)``; the
+        test rows."""
+        rows = self.evaluate(runs)
+        val = self.evaluate(runs, "val") if self.members[0].R_val is not None else {}
+        for k, row in rows.items():
+            m = self.members[k]
+            m.R[step_of(m)] = row
+            if k in val:
+                m.R_val[step_of(m)] = val[k]
+        return rows
 
     def start(self) -> None:
         """R row 0 of every member (the random init); idempotent."""
         todo = [k for k, m in enumerate(self.members) if not m._evaluated_init]
-        for k, row in self.evaluate(todo).items():
-            self.members[k].R[0] = row
+        self._fill_rows(todo, lambda m: 0)
+        for k in todo:
             self.members[k]._evaluated_init = True
 
     # -- learning --------------------------------------------------------------------------
@@ -136,10 +154,9 @@ class PackRun:
             m = self.members[k]
             m.ctx.seen.append(tasks[k])
             m.step += 1
-        rows = self.evaluate(ok)
+        rows = self._fill_rows(ok, lambda m: m.step)
         per_run = (time.perf_counter() - t0) / len(runs)
-        for k, row in rows.items():
-            self.members[k].R[self.members[k].step] = row
+        for k in rows:
             self.members[k].task_seconds.append(per_run)
         return rows
 
