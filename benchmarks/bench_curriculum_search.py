@@ -70,13 +70,6 @@ def load_average() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def sub_stream(stream: TaskStream, tasks: tuple[int, ...]) -> TaskStream:
-    """The tasks ``tasks`` of ``stream``, renumbered 0.. in that order."""
-    picked = tuple(replace(stream.tasks[t], id=i) for i, t in enumerate(tasks))
-    return TaskStream(picked, stream.scenario, stream.benchmark, stream.input_shape,
-                      stream.num_classes)
-
-
 def ground_truth(study: StudySpec, stream: TaskStream, cache: Path) -> dict[tuple, float]:
     """ACC of every order (cached)."""
     T = study.num_tasks
@@ -97,12 +90,7 @@ def pairs_for(study: StudySpec, stream: TaskStream, seed: int, cache: Path) -> p
     if cache.is_file():
         return pd.read_parquet(cache)
     spec = replace(study.run_spec({"order": tuple(range(study.num_tasks))}), seed=seed)
-    rows = []
-    for job in tx.jobs(study.num_tasks, [seed]):
-        sub = sub_stream(stream, job.tasks)
-        res = execute(replace(spec, order=tuple(range(len(job.tasks)))), sub)
-        rows.append(tx._row(job, res.R, res.status, res.wall_s))
-    df = pd.DataFrame(rows)
+    df = tx.run_pairs_here(spec, stream, [seed])
     cache.parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(cache)
     return df

@@ -300,6 +300,39 @@ def run_pairs(
     return pd.DataFrame(rows).sort_values(["seed", "kind", "source", "target"], ignore_index=True)
 
 
+def sub_stream(stream: Any, tasks: tuple[int, ...]) -> Any:
+    """The tasks ``tasks`` of ``stream``, renumbered 0.. in that order (in memory)."""
+    picked = tuple(replace(stream.tasks[t], id=i) for i, t in enumerate(tasks))
+    return replace(stream, tasks=picked)
+
+
+def run_pairs_here(spec: RunSpec, stream: Any, seeds: Sequence[int]) -> pd.DataFrame:
+    """:func:`run_pairs` in this process, one job after another, without Ray.
+
+    For small streams and notebooks; the columns are those of :func:`run_pairs`.
+
+    Example:
+        >>> from llray.config import parse_config
+        >>> from llray.data import make_stream
+        >>> cfg = parse_config({"stream": {"dataset": "digits", "num_tasks": 2,
+        ...                                "max_train_per_task": 40},
+        ...                     "model": {"hidden": [8]}, "strategies": ["naive"]})
+        >>> pairs = run_pairs_here(cfg.runs()[0], make_stream(cfg.stream), seeds=[0])
+        >>> sorted(set(pairs["kind"])), len(pairs)
+        (['pair', 'scratch'], 4)
+    """
+    from llray.experiment import execute
+
+    split = "val" if getattr(stream, "has_val", False) else "test"
+    rows = []
+    for job in jobs(stream.num_tasks, seeds):
+        res = execute(replace(spec, seed=job.seed, order=tuple(range(len(job.tasks)))),
+                      sub_stream(stream, job.tasks))
+        R = res.R_val if res.R_val is not None else res.R
+        rows.append({**_row(job, R, res.status, res.wall_s), "split": split})
+    return pd.DataFrame(rows).sort_values(["seed", "kind", "source", "target"], ignore_index=True)
+
+
 def _sub_handle(handle: Any, tasks: tuple[int, ...]) -> Any:
     """The stream handle of ``tasks`` only, re-numbered 0.. in that order."""
     return replace(handle, refs=tuple(handle.refs[t] for t in tasks),
