@@ -11,6 +11,11 @@ is printed with every number):
 2. **60 runs** (the quickstart's four core strategies x 5 seeds x 3 orders), where the
    start-up is amortised: the floor over the command's own sweep time (Ray started).
    Target: at least 85% of the floor.
+   Beside each floor, the *process floor*: the same runs split over ``--cpus`` plain
+   Python processes (no Ray) started at once, each learning its share one run after
+   another. On machines whose cores slow each other down (shared caches, SMT siblings,
+   frequency) it is above the floor; the gap between it and ``llray run`` is what Ray and
+   llray's driver cost, the gap between it and the floor is what the hardware costs.
 3. **Per-task actor overhead** for every core strategy: the actor path (a remote call per
    task, a checkpoint after every task) vs ``run_stream`` in this process, per task from
    the end of task 1 to the end of task T (``bench_actor_overhead``). Target: under 5%.
@@ -58,6 +63,44 @@ def floor_seconds(cfg) -> float:
     return total
 
 
+def _prepare(config_path: str):
+    """A worker of :func:`process_floor`, before the start: the config and its stream."""
+    torch.set_num_threads(1)
+    cfg = load_config(config_path)
+    return cfg, make_stream(cfg.stream)
+
+
+def _share(cfg, stream, part: int, parts: int) -> None:
+    """A worker of :func:`process_floor`: learn runs ``part::parts`` of the config."""
+    for spec in cfg.runs()[part::parts]:
+        execute(spec, stream)
+
+
+def process_floor(config_path: str, cpus: int) -> float:
+    """Wall seconds of the runs split over ``cpus`` plain processes started together
+    (imports and stream building excluded: each worker waits at a barrier file)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        go = os.path.join(tmp, "go")
+        code = ("import os, sys, time\n"
+                f"sys.path.insert(0, {HERE!r})\n"
+                "import bench_sweep_efficiency as b\n"
+                "cfg, stream = b._prepare(sys.argv[1])\n"
+                "open(sys.argv[3], 'w').close()\n"
+                "while not os.path.exists(sys.argv[4]): time.sleep(0.01)\n"
+                "b._share(cfg, stream, int(sys.argv[2]), int(sys.argv[5]))\n")
+        ready = [os.path.join(tmp, f"ready{i}") for i in range(cpus)]
+        procs = [subprocess.Popen([sys.executable, "-c", code, config_path, str(i), ready[i],
+                                   go, str(cpus)]) for i in range(cpus)]
+        while not all(os.path.exists(r) for r in ready):
+            time.sleep(0.01)
+        t0 = time.perf_counter()
+        open(go, "w").close()
+        for p in procs:
+            if p.wait() != 0:
+                sys.exit("a process-floor worker failed")
+        return time.perf_counter() - t0
+
+
 def llray_run(config_path: str, cpus: int) -> tuple[float, dict[str, float]]:
     """Wall seconds of ``llray run`` as a subprocess, and the timings it printed."""
     with tempfile.TemporaryDirectory() as out:
@@ -79,15 +122,18 @@ def quickstart(cpus: int, repeats: int) -> None:
     best: dict[str, float] = {}
     for i in range(repeats):  # alternate, keep each side's best (least disturbed)
         floor = floor_seconds(cfg) / cpus
+        procs = process_floor(JOB, cpus)
         wall, t = llray_run(JOB, cpus)
-        print(f"  repeat {i + 1}: floor {floor:.1f} s, llray run {wall:.1f} s (Ray start "
+        print(f"  repeat {i + 1}: floor {floor:.1f} s, process floor {procs:.1f} s, "
+              f"llray run {wall:.1f} s (Ray start "
               f"{t['ray start']:.1f} s, sweep {t['sweep']:.1f} s, compaction "
               f"{t.get('compaction', 0):.2f} s, report {t['report']:.2f} s); {load()}")
-        for k, v in {"floor": floor, "wall": wall, **t}.items():
+        for k, v in {"floor": floor, "procs": procs, "wall": wall, **t}.items():
             best[k] = min(best.get(k, v), v)
     f, w, rs = best["floor"], best["wall"], best["ray start"]
     print(f"  best: llray run {w:.1f} s = {(w - rs) / f:.2f} x floor ({f:.1f} s) + Ray start "
-          f"({rs:.1f} s) (target <= 1.5 x); sweep alone {best['sweep'] / f:.2f} x floor; "
+          f"({rs:.1f} s) (target <= 1.5 x); sweep alone {best['sweep'] / f:.2f} x floor, "
+          f"{best['sweep'] / best['procs']:.2f} x process floor ({best['procs']:.1f} s); "
           f"{load()}")
 
 
@@ -100,13 +146,15 @@ def sixty(cpus: int) -> None:
         yaml.safe_dump(data, f)
     try:
         floor = floor_seconds(cfg) / cpus
+        procs = process_floor(f.name, cpus)
         wall, t = llray_run(f.name, cpus)
     finally:
         os.unlink(f.name)
-    print(f"  floor {floor:.1f} s; llray run {wall:.1f} s (Ray start {t['ray start']:.1f} s, "
+    print(f"  floor {floor:.1f} s; process floor {procs:.1f} s; llray run {wall:.1f} s (Ray start {t['ray start']:.1f} s, "
           f"sweep {t['sweep']:.1f} s, compaction {t.get('compaction', 0):.2f} s, report "
           f"{t['report']:.2f} s)")
     print(f"  sweep efficiency: floor / sweep = {100 * floor / t['sweep']:.0f}% (target >= 85%);"
+          f" process floor / sweep = {100 * procs / t['sweep']:.0f}%;"
           f" floor / whole command = {100 * floor / wall:.0f}%; {load()}")
 
 
