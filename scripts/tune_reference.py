@@ -17,7 +17,10 @@ Usage::
     python scripts/tune_reference.py               # print grid × validation ACC, the choices
     python scripts/tune_reference.py --check       # also exit 1 unless jobs/reference/
                                                    # holds the chosen values
-    python scripts/tune_reference.py --strategies ewc si jobs/reference/permuted_digits.yaml
+    python scripts/tune_reference.py jobs/reference/permuted_digits.yaml --strategies ewc si
+
+A bad job file or tuning seeds that are also reporting seeds: exit 2 with one line naming
+the field or file, before any run.
 
 ``make reference-tune`` runs ``--check`` on the three reference jobs (about 100 runs).
 """
@@ -96,14 +99,21 @@ def best(scores: Sequence[float]) -> int:
     return ranked.index(max(ranked))
 
 
+def check_seeds(job: Mapping[str, Any], seeds: Sequence[int]) -> None:
+    """Raise ConfigError if a tuning seed is one of ``job``'s reporting seeds."""
+    from llray.errors import ConfigError
+
+    overlap = set(seeds) & set(job.get("seeds", [0]))
+    if overlap:
+        raise ConfigError("--seeds", f"tuning seeds {sorted(overlap)} are reporting seeds of "
+                                     f"{job.get('experiment')}; use disjoint seeds")
+
+
 def tune(job: Mapping[str, Any], grids: Mapping[str, list[dict[str, Any]]],
          seeds: Sequence[int], workers: int = 2) -> dict[str, list[tuple[dict, float]]]:
     """Every grid point of every strategy of ``job`` that ``grids`` names, with its mean
     validation ACC over ``seeds``: ``{strategy: [(entry, acc), ...]}`` in grid order."""
-    overlap = set(seeds) & set(job.get("seeds", [0]))
-    if overlap:
-        raise SystemExit(f"tuning seeds {sorted(overlap)} are reporting seeds of "
-                         f"{job.get('experiment')}; use disjoint seeds")
+    check_seeds(job, seeds)
     points = [(name, {**base, **point})
               for base in map(entry_dict, job["strategies"])
               for name in [base["name"]] if name in grids
@@ -128,7 +138,7 @@ def tune(job: Mapping[str, Any], grids: Mapping[str, list[dict[str, Any]]],
 
 def setting(entry: Mapping[str, Any], name: str) -> str:
     """The tuned fields of ``entry``, e.g. ``lambda_=100.0``."""
-    keys = GRIDS.get(name, [{}])[0].keys() if name in GRIDS else ()
+    keys = GRIDS[name][0].keys() if name in GRIDS else ()
     return ", ".join(f"{k}={entry.get(k)}" for k in keys)
 
 
@@ -156,22 +166,36 @@ def main(argv: list[str] | None = None) -> int:
                         help="exit 1 unless each job holds its chosen values")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from llray.config import read_yaml
+    from llray.config import parse_config, read_yaml
+    from llray.errors import ConfigError
 
     paths = [Path(p) for p in args.jobs] or sorted(ROOT.glob(JOBS))
     grids = {k: GRIDS[k] for k in args.strategies}
-    bad = []
-    for path in paths:
-        job = read_yaml(path, "config")
-        results = tune(job, grids, args.seeds, args.workers)
-        print(f"{job.get('experiment', path.stem)}: validation ACC (final row of R_val), "
-              f"mean over tuning seeds {args.seeds}; * = chosen")
-        for name, rows in results.items():
-            pick = best([a for _, a in rows])
-            for i, (entry, a) in enumerate(rows):
-                print(f"  {name:<18} {setting(entry, name):<28} {a:.3f}{'  *' if i == pick else ''}")
-        print(flush=True)
-        bad += mismatches(job, results)
+    try:
+        jobs = [read_yaml(path, "config") for path in paths]
+        for path, job in zip(paths, jobs):  # every job checked before any run
+            try:
+                cfg = parse_config(job)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {e.field}", e.message) from None
+            if cfg.stream.val_fraction == 0:
+                raise ConfigError(f"{path}: stream.val_fraction", "is 0: nothing to select on")
+            check_seeds(job, args.seeds)
+        bad = []
+        for path, job in zip(paths, jobs):
+            results = tune(job, grids, args.seeds, args.workers)
+            print(f"{job.get('experiment', path.stem)}: validation ACC (final row of R_val), "
+                  f"mean over tuning seeds {args.seeds}; * = chosen")
+            for name, rows in results.items():
+                pick = best([a for _, a in rows])
+                for i, (entry, a) in enumerate(rows):
+                    mark = "  *" if i == pick else ""
+                    print(f"  {name:<18} {setting(entry, name):<28} {a:.3f}{mark}")
+            print(flush=True)
+            bad += mismatches(job, results)
+    except ConfigError as e:
+        print(f"tune_reference: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     if args.check and bad:
         print("\n".join(bad), file=sys.stderr)
         return 1

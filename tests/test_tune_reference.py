@@ -10,12 +10,14 @@ import torch
 
 from llray.config import load_config, parse_config
 from llray.data import make_stream
+from llray.errors import ConfigError
 from llray.experiment import execute
 from llray.metrics import acc
 from llray.strategies import make_config
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("tune_reference", ROOT / "scripts" / "tune_reference.py")
+_spec = importlib.util.spec_from_file_location("tune_reference",
+                                               ROOT / "scripts" / "tune_reference.py")
 tune_reference = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tune_reference)
 
@@ -65,7 +67,7 @@ def test_runs_never_see_the_test_split():
 
 
 def test_tuning_seeds_must_be_disjoint_from_reporting_seeds():
-    with pytest.raises(SystemExit, match=r"tuning seeds \[1\] are reporting seeds"):
+    with pytest.raises(ConfigError, match=r"tuning seeds \[1\] are reporting seeds"):
         tune_reference.tune(JOB, GRID, seeds=[1], workers=1)
 
 
@@ -89,3 +91,19 @@ def test_reference_jobs_report_on_five_seeds_and_list_every_tuned_strategy():
         assert cfg.seeds == (0, 1, 2, 3, 4), path.name
         names = {s.name for s in cfg.strategies}
         assert set(tune_reference.GRIDS) <= names, path.name
+
+
+def test_bad_input_exits_2_with_one_line_before_any_run(tmp_path, capsys):
+    missing = tmp_path / "nope.yaml"
+    assert tune_reference.main([str(missing), "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "nope.yaml" in err
+    # seed 0 is a reporting seed of every reference job: refused before learning anything
+    assert tune_reference.main(["--seeds", "0", "--workers", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "--seeds" in err and "reporting seeds" in err
+    no_val = tmp_path / "no_val.yaml"
+    no_val.write_text("stream: {dataset: digits, kind: split, val_fraction: 0}\n"
+                      "strategies: [naive]\nseeds: [0]\n")
+    assert tune_reference.main([str(no_val), "--workers", "1"]) == 2
+    assert "stream.val_fraction" in capsys.readouterr().err
