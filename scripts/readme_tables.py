@@ -2,11 +2,10 @@
 
 Each table follows a ``<!-- table: NAME -->`` line in README.md and is the summary table
 of ``llray report`` (its table lines, not the note under it) for the runs of NAME's job
-configs. The runs are learned in this process with ``llray.experiment.execute`` and one
-torch thread, as each run's Ray actor does with ``resources: {num_cpus: 1}``: on CPU a
-run is then a pure function of its config and seed, so they give exactly the R (and the
-table) of ``make demo`` / ``make reference``, which run the same configs on Ray. (With
-more threads the floating-point sums, and the third decimal, can differ.)
+configs. The runs are learned with ``llray.experiment.execute`` in ``--workers`` local
+processes (default 2), one thread each as a Ray worker with ``num_cpus: 1``: on CPU a run
+is a pure function of its config and seed, so they give exactly the R (and the table) of
+``make demo`` / ``make reference``, which run the same configs on Ray.
 
 Usage::
 
@@ -31,28 +30,43 @@ TABLES = {"quickstart": ["jobs/quickstart.yaml"], "reference": ["jobs/reference/
 BLOCK = r"(<!-- table: {name} -->\n(?:.*\n)*?```\n)(.*?)(```)"
 
 
-def table(name: str) -> str:
-    """The report table of the runs of table ``name``'s job configs (text, newline-ended)."""
+def _learn(spec: object) -> object:
+    """The RunResult of ``spec``, learned in this (worker) process on one thread, as a
+    Ray worker with ``num_cpus: 1`` learns it."""
+    import torch
+
+    from llray.data import make_stream
+    from llray.experiment import execute
+
+    torch.set_num_threads(1)
+    return execute(spec, make_stream(spec.stream))
+
+
+def table(name: str, workers: int = 2) -> str:
+    """The report table of the runs of table ``name``'s job configs (text, newline-ended),
+    learned by ``workers`` processes."""
+    from concurrent.futures import ProcessPoolExecutor
+
     from llray.config import load_config
     from llray.distributed.sweep import meta_for
     from llray.data import make_stream
-    from llray.experiment import execute
     from llray.report import report
     from llray.results import write_run
 
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each run's actor (resources: {num_cpus: 1}): same floats
+    specs, streams = [], []
+    for pattern in TABLES[name]:
+        for path in sorted(ROOT.glob(pattern)):
+            cfg = load_config(path)
+            stream = make_stream(cfg.stream)
+            for spec in cfg.runs():
+                specs.append(spec)
+                streams.append(stream)
+    with ProcessPoolExecutor(max(1, workers)) as pool:
+        results = list(pool.map(_learn, specs))
     with tempfile.TemporaryDirectory() as out:
-        for pattern in TABLES[name]:
-            for path in sorted(ROOT.glob(pattern)):
-                cfg = load_config(path)
-                stream = make_stream(cfg.stream)
-                for spec in cfg.runs():
-                    write_run(out, meta_for(spec, None, None, stream), execute(spec, stream))
+        for spec, stream, result in zip(specs, streams, results):
+            write_run(out, meta_for(spec, None, None, stream), result)
         text = report(out)
-    torch.set_num_threads(threads)
     return text.split("\n\n")[0].rstrip("\n") + "\n"
 
 
@@ -75,11 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="exit 1 if README.md differs")
     mode.add_argument("--write", action="store_true", help="update README.md in place")
+    parser.add_argument("--workers", type=int, default=2, help="processes learning the runs")
     args = parser.parse_args(argv)
     readme = README.read_text()
     differ = []
     for name in args.names:
-        new = table(name)
+        new = table(name, args.workers)
         if args.write:
             readme = replace_table(name, readme, new)
         elif args.check:
