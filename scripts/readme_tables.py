@@ -61,7 +61,11 @@ def table(name: str, workers: int = 2) -> str:
             for spec in cfg.runs():
                 specs.append(spec)
                 streams.append(stream)
-    with ProcessPoolExecutor(max(1, workers)) as pool:
+    import multiprocessing
+
+    # spawn: a fresh interpreter per worker, also when the caller already runs Ray's threads
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max(1, workers), mp_context=spawn) as pool:
         results = list(pool.map(_learn, specs))
     with tempfile.TemporaryDirectory() as out:
         for spec, stream, result in zip(specs, streams, results):
