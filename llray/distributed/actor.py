@@ -26,7 +26,7 @@ import ray
 import torch
 
 from llray.config import RunSpec
-from llray.distributed.checkpoint import FORMAT, CheckpointError, CheckpointStore
+from llray.distributed.checkpoint import CheckpointStore
 from llray.distributed.streaming import StreamHandle, get_stream
 from llray.experiment import build_run, utc_now
 from llray.learner import LifelongRun, RunResult
@@ -122,7 +122,7 @@ class LearnerActor:
         """Restore the run from its checkpoint; one that cannot be read is moved aside."""
         run_id = self.spec.run_id
         try:
-            state = self.store.load(run_id)
+            state = self.store.load_run(run_id)
             if state is not None:
                 self._restore(state)
         except Exception as e:  # noqa: BLE001 - any unreadable file: start over, say why
@@ -134,10 +134,6 @@ class LearnerActor:
             self.started_at, self.wall_before = utc_now(), 0.0
 
     def _restore(self, state: dict) -> None:
-        if state.get("format") != FORMAT:
-            raise ValueError(f"checkpoint format {state.get('format')!r}, expected {FORMAT}")
-        if state.get("run_id") != self.spec.run_id:
-            raise ValueError(f"the checkpoint belongs to run {state.get('run_id')!r}")
         run_state = state["run"]
         if self.device != "cpu":
             run_state = {**run_state, "strategy": _to_device(run_state["strategy"], self.device)}
@@ -146,18 +142,8 @@ class LearnerActor:
         self.wall_before = float(state["wall_s"])
 
     def _checkpoint(self) -> None:
-        state = {
-            "format": FORMAT,
-            "run_id": self.spec.run_id,
-            "run": self.run.state_dict(),
-            "started_at": self.started_at.isoformat(),
-            "wall_s": self._wall(),
-        }
-        try:
-            self.store.save(self.spec.run_id, state)
-        except Exception as e:  # noqa: BLE001 - OSError, pyarrow's errors: say where and why
-            raise CheckpointError(f"cannot write the checkpoint to {self.store.root}: "
-                                  f"{type(e).__name__}: {e}") from None
+        self.store.save_run(self.spec.run_id, self.run.state_dict(),
+                            self.started_at.isoformat(), self._wall())
 
     def _wall(self) -> float:
         return self.wall_before + time.perf_counter() - self.t0

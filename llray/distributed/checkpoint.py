@@ -126,6 +126,38 @@ class CheckpointStore:
             data = f.read()
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
+    def save_run(self, run_id: str, run_state: dict[str, Any], started_at: str,
+                 wall_s: float) -> None:
+        """Checkpoint one lifelong run (:meth:`LifelongRun.state_dict`) with its start time
+        and wall seconds so far, in this module's :data:`FORMAT`.
+
+        Raises:
+            CheckpointError: the file could not be written (says where and why).
+        """
+        state = {"format": FORMAT, "run_id": run_id, "run": run_state,
+                 "started_at": started_at, "wall_s": wall_s}
+        try:
+            self.save(run_id, state)
+        except Exception as e:  # noqa: BLE001 - OSError, pyarrow's errors: say where and why
+            raise CheckpointError(f"cannot write the checkpoint to {self.root}: "
+                                  f"{type(e).__name__}: {e}") from None
+
+    def load_run(self, run_id: str) -> dict[str, Any] | None:
+        """What :meth:`save_run` wrote for ``run_id`` (None if there is none).
+
+        Raises:
+            ValueError: the file has another format or belongs to another run (any error
+                of reading it propagates too: the caller moves it aside).
+        """
+        state = self.load(run_id)
+        if state is None:
+            return None
+        if state.get("format") != FORMAT:
+            raise ValueError(f"checkpoint format {state.get('format')!r}, expected {FORMAT}")
+        if state.get("run_id") != run_id:
+            raise ValueError(f"the checkpoint belongs to run {state.get('run_id')!r}")
+        return state
+
     def quarantine(self, run_id: str) -> str:
         """Move ``run_id``'s checkpoint aside to ``<run_id>.pt.bad``; returns that path.
 

@@ -31,7 +31,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from llray.config import RunSpec
 from llray.distributed.actor import pick_device, set_threads, warm
-from llray.distributed.checkpoint import FORMAT, CheckpointError, CheckpointStore
+from llray.distributed.checkpoint import CheckpointStore
 from llray.distributed.streaming import StreamHandle, get_stream
 from llray.distributed.sweep import (
     LOST, Attempt, Finished, SweepOptions, TaskEvent, _reason, _Run, _Sweep, run_name,
@@ -114,11 +114,7 @@ class PackActor:
         states = []
         for spec in self.specs:
             try:
-                state = self.store.load(spec.run_id)
-                if state is not None and (state.get("format") != FORMAT
-                                          or state.get("run_id") != spec.run_id):
-                    raise ValueError(f"checkpoint format {state.get('format')!r} of run "
-                                     f"{state.get('run_id')!r}")
+                state = self.store.load_run(spec.run_id)
             except Exception as e:  # noqa: BLE001 - any unreadable file: start over, say why
                 where = self.store.quarantine(spec.run_id)
                 self.checkpoint_problem = (f"checkpoint {self.store.path(spec.run_id)} could "
@@ -158,15 +154,9 @@ class PackActor:
         before = [m.status for m in self.pack.members]
         rows = self.pack.learn_next()
         if self.store is not None:
-            wall = self._wall()
+            wall, started = self._wall(), self.started_at.isoformat()
             for spec, state in zip(self.specs, self.pack.state_dicts()):
-                try:
-                    self.store.save(spec.run_id, {"format": FORMAT, "run_id": spec.run_id,
-                                                  "run": state, "wall_s": wall,
-                                                  "started_at": self.started_at.isoformat()})
-                except Exception as e:  # noqa: BLE001 - say where and why
-                    raise CheckpointError(f"cannot write the checkpoint to {self.store.root}: "
-                                          f"{type(e).__name__}: {e}") from None
+                self.store.save_run(spec.run_id, state, started, wall)
         out = [(k, self.pack.members[k].step, row, "ok") for k, row in rows.items()]
         for k, m in enumerate(self.pack.members):
             if before[k] == "ok" and m.status != "ok":
