@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from llray import signals
 from llray.errors import ConfigError
@@ -66,6 +68,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             write.forget_created()
 
 
+def entry() -> NoReturn:
+    """The ``llray`` console script: :func:`main`, then exit without the slow teardown.
+
+    When the command is done, its files are closed and its output printed; what is left
+    is stopping the embedded Ray and Python's own teardown (finalising torch, pandas and
+    Ray modules, about 0.8-1.5 s on 2 cores). This stops Ray's processes together
+    (:func:`llray.distributed.embedded.stop`), flushes the output and exits at once.
+    An exception out of :func:`main` takes Python's normal way out.
+    """
+    code = main()
+    try:
+        if "ray" in sys.modules:
+            from llray.distributed.embedded import stop
+
+            stop()
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED if code == 0 else code
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
 def check_options(args: argparse.Namespace) -> None:
     """Integer options in range (:data:`AT_LEAST`, :data:`AT_MOST`), before any work.
 
@@ -97,4 +122,4 @@ def _interrupted(module: ModuleType, args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

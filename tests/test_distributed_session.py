@@ -1,17 +1,23 @@
-"""The embedded Ray that ``llray run`` starts: loopback only, token authentication on.
+"""The embedded Ray that ``llray run`` starts: loopback only, token authentication on,
+none of Ray's services llray does not use, and nothing left running after it stops.
 
 Runs ``connect()`` in a fresh Python process without ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``
 in its environment (so llray must set it itself) and lists the TCP sockets its Ray
-processes listen on, from /proc.
+processes listen on and their command lines, from /proc. Every process of that Ray
+inherits a tag in its environment, so what outlives it is found even after it was
+re-parented.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
+import uuid
 
 import pytest
 
@@ -54,6 +60,15 @@ SCRIPT = textwrap.dedent(r'''
                     addrs.add(cols[1].split(":")[0])
         return addrs
 
+    def command_lines(pids):
+        out = []
+        for p in pids:
+            try:
+                out.append(open(f"/proc/{p}/cmdline", "rb").read().replace(b"\0", b" ").decode())
+            except OSError:
+                pass
+        return out
+
     from llray.distributed.session import connect
 
     connect(num_cpus=1)
@@ -61,24 +76,87 @@ SCRIPT = textwrap.dedent(r'''
     from ray._private.authentication.authentication_utils import is_token_auth_enabled
 
     node = ray._private.worker.global_worker.node
+    mine = descendants(os.getpid())
     print(json.dumps({
         "node_ip": node.node_ip_address,
         "token_auth": is_token_auth_enabled(),
-        "listen": sorted(listening_hex_addresses(descendants(os.getpid()))),
+        "listen": sorted(listening_hex_addresses(mine)),
+        "commands": command_lines(mine),
+        "task": ray.get(ray.remote(lambda: 41 + 1).remote()),
     }))
-    ray.shutdown()
+    from llray.distributed.embedded import stop
+
+    stop()
 ''')
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_embedded_ray_listens_on_loopback_only_with_token_auth():
+def tagged_processes(tag: str) -> list[str]:
+    """Command lines of the live processes whose environment holds ``LLRAY_TEST_TAG=tag``."""
+    found = []
+    for environ in glob.glob("/proc/[0-9]*/environ"):
+        try:
+            if f"LLRAY_TEST_TAG={tag}".encode() in open(environ, "rb").read().split(b"\0"):
+                pid = environ.split("/")[2]
+                found.append(open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ")
+                             .decode(errors="replace")[:100])
+        except OSError:
+            continue
+    return found
+
+
+def outliving(tag: str, within: float = 5.0) -> list[str]:
+    """The tagged processes still alive ``within`` seconds from now (sooner if none)."""
+    deadline = time.monotonic() + within
+    while (left := tagged_processes(tag)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def fresh_env(tag: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE", "RAY_ADDRESS")}
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=120)
+    return {**env, "LLRAY_TEST_TAG": tag}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_embedded_ray_is_loopback_only_lean_and_leaves_nothing_running():
+    tag = uuid.uuid4().hex
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=fresh_env(tag),
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["node_ip"] == "127.0.0.1"
     assert got["token_auth"] is True
     assert got["listen"], "found no listening Ray sockets"
     assert set(got["listen"]) <= LOOPBACK, f"Ray listens beyond 127.0.0.1: {got['listen']}"
+    assert got["task"] == 42
+    commands = " | ".join(got["commands"])
+    assert "gcs_server" in commands and "raylet" in commands, commands
+    for unused in ("autoscaler/_private/monitor.py", "log_monitor.py", "dashboard/dashboard.py"):
+        assert unused not in commands, f"{unused} runs: {commands}"
+    assert outliving(tag) == []  # workers and agents too, though the raylet was their parent
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_llray_command_exits_with_its_code_and_leaves_no_ray_process(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(textwrap.dedent("""
+        experiment: exits
+        stream: {dataset: digits, kind: permuted, num_tasks: 2, seed: 0}
+        model: {name: mlp, hidden: [16]}
+        train: {epochs: 1, batch_size: 64, lr: 0.01}
+        strategies: [naive]
+        seeds: [0, 1]
+    """))
+    tag = uuid.uuid4().hex
+    run = [sys.executable, "-m", "llray.cli", "run", str(job), "--no-progress",
+           "--num-cpus", "1", "--output"]
+    ok = subprocess.run([*run, str(tmp_path / "out")], env=fresh_env(tag),
+                        capture_output=True, text=True, timeout=180)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "naive" in ok.stdout and "ray start" in ok.stderr  # report, timings: all out
+    assert len(glob.glob(str(tmp_path / "out" / "**" / "*.parquet"), recursive=True)) >= 2
+    assert outliving(tag) == []
+    bad = subprocess.run([*run, str(tmp_path / "bad"), "--max-in-flight", "0"],
+                         env=fresh_env(tag), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--max-in-flight" in bad.stderr

@@ -138,6 +138,11 @@ def test_tune_multi_objective_and_asha_stops_a_trial_before_its_last_task(tmp_pa
     assert any(r.status == "ok" and r.tasks_learned == 3 for r in records)
     assert (out / "tune" / "asha").is_dir()  # Tune's state lives under the output directory
     _check_stopped_in_store(out, records, "asha")
+    # reuse_actors: one after another, the trials ran in the same worker process (no
+    # torch import per trial); Tune writes each result's pid into the trial's result.json
+    pids = {json.loads(f.read_text().splitlines()[0])["pid"]
+            for f in (out / "tune" / "asha").glob("*/result.json")}
+    assert 1 <= len(pids) < len(records), pids
 
 
 def _check_stopped_in_store(out, records, study):

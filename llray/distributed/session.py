@@ -2,9 +2,11 @@
 
 Security defaults of the embedded Ray: every service listens on 127.0.0.1 only
 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), the dashboard is not started (and would bind
-to 127.0.0.1), and Ray's token authentication stays on (Ray >= 2.59 enables it for a
-local ``ray.init()`` and keeps the token in ``~/.ray/auth_token``); llray never sets
-``RAY_AUTH_MODE=disabled`` and warns when the environment does.
+to 127.0.0.1), nor are Ray's other services llray does not use
+(:mod:`llray.distributed.embedded`), and Ray's token authentication stays on (Ray >=
+2.59 enables it for a local ``ray.init()`` and keeps the token in
+``~/.ray/auth_token``); llray never sets ``RAY_AUTH_MODE=disabled`` and warns when the
+environment does.
 """
 
 from __future__ import annotations
@@ -61,15 +63,10 @@ def connect(address: str | None = None, num_cpus: int | None = None,
     if address is None:
         from llray.distributed.capacity import local_gpus
 
+        from llray.distributed import embedded
+
         gpus = local_gpus()  # as Ray counts them; given explicitly so checks agree
-        ray.init(
-            address="local",  # a new Ray of our own, even if another runs on this machine
-            num_cpus=num_cpus or os.cpu_count() or 1,
-            **({"num_gpus": gpus} if gpus is not None else {}),
-            include_dashboard=dashboard,
-            dashboard_host="127.0.0.1",
-            log_to_driver=False,
-        )
+        embedded.start(num_cpus or os.cpu_count() or 1, gpus, dashboard)
         _reinstall_sigterm()
         return
     probe(address)

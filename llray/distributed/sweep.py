@@ -8,8 +8,10 @@ fits on the alive nodes (:func:`~llray.distributed.capacity.fit`, capped by
 ``max_in_flight``). A slot is one :class:`~llray.distributed.actor.LearnerActor`, a
 Python process started once that warms up (torch, its optimizer machinery) while Ray
 places the others, then hosts run after run until no run is left for it; runs that do
-not fit wait in the driver, not as pending actors with processes of their own. Each
-run's rows are written to the Parquet store the moment it finishes.
+not fit wait in the driver, not as pending actors with processes of their own. A free
+slot takes the waiting run expected to take longest
+(:class:`~llray.distributed.queue.LongestFirst`), so short runs fill the sweep's end.
+Each run's rows are written to the Parquet store the moment it finishes.
 
 **Capacity and waiting.** The driver re-reads the alive nodes every ``poll_s`` seconds
 and opens slots when nodes join. On a cluster that cannot grow (``fixed_cluster``: the
@@ -36,7 +38,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -58,6 +59,7 @@ from llray.errors import ConfigError
 from llray.distributed import capacity
 from llray.distributed.actor import LearnerActor
 from llray.distributed.checkpoint import CheckpointStore, resolve
+from llray.distributed.queue import LongestFirst
 from llray.distributed.streaming import StreamHandle, put_stream
 from llray.experiment import utc_now
 from llray.learner import RunResult
@@ -266,7 +268,7 @@ class _Sweep:
     def __init__(self, specs, stream, output, options, on_task, on_run) -> None:
         self.stream, self.output, self.opt = stream, output, options
         self.on_task, self.on_run = on_task, on_run
-        self.pending = deque(_Run(s) for s in specs)
+        self.pending = LongestFirst((_Run(s) for s in specs), key=_kind)
         self.resources = specs[0].resources
         assert all(s.resources == self.resources for s in specs), "one resource shape"
         self.shape = capacity.shape_of(self.resources)
@@ -437,6 +439,8 @@ class _Sweep:
     def _complete(self, r: _Run, result: RunResult, started_at: datetime,
                   finished_at: datetime) -> None:
         r.attempts[-1].ended = time.time()
+        if result.status == "ok" and hasattr(self.pending, "finished"):
+            self.pending.finished(r, result.wall_s)  # the estimate for runs of its kind
         self._next_run(r)
         self._record(Finished(r.spec, result, started_at, finished_at, r.attempts))
         if self.store is not None and not self.opt.keep_checkpoints:
@@ -479,6 +483,11 @@ class _Sweep:
         self.finished.append(done)
         if self.on_run is not None:
             self.on_run(done)
+
+
+def _kind(r: _Run) -> str:
+    """Runs of one kind differ only in seed and order, and cost about the same."""
+    return repr((r.spec.model, r.spec.train, r.spec.strategy))
 
 
 def _reason(e: BaseException) -> str:

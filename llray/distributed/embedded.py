@@ -1,0 +1,144 @@
+"""The embedded Ray of a command without ``--address``: start only what llray uses, stop fast.
+
+``ray.init()`` on a new local cluster starts, besides the GCS, the raylet and its agents,
+three Python services llray never talks to: the autoscaler monitor (a fixed local node
+has nothing to scale), the log monitor (llray runs with ``log_to_driver=False``: actors'
+errors come back as exceptions, their output stays in Ray's log files) and the API
+server behind the dashboard and the job API (started even with
+``include_dashboard=False``; ``ray.init`` waits up to a second for it). Measured on a
+2-core machine they cost about 2 CPU-seconds at start, taken from the first runs, and
+ray.init waits for the API server. :func:`start` leaves them out, unless the dashboard is
+asked for: then it is Ray's own ``ray.init`` with the dashboard on 127.0.0.1.
+
+Leaving them out means skipping three of Ray's private start-up methods while
+``ray.init`` runs. Where this Ray release does not have them under these names,
+:func:`start` says nothing and starts Ray in full: only the start-up cost changes.
+
+:func:`stop` ends the embedded Ray at the end of a command: it signals every Ray process
+at once and then lets ``ray.shutdown`` reap them, instead of Ray's own shutdown at
+interpreter exit, which stops them one after another (up to a second each) after a
+fixed half-second pause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+
+#: Ray's head-node services llray does not use, as methods of ``ray._private.node.Node``.
+UNUSED_SERVICES = ("start_monitor", "start_log_monitor", "start_api_server")
+
+
+def start(num_cpus: int, num_gpus: int | None, dashboard: bool) -> None:
+    """``ray.init`` a new local Ray on this machine (the caller keeps it on 127.0.0.1).
+
+    Args:
+        num_cpus: CPUs of the node.
+        num_gpus: GPUs of the node (``None``: as Ray detects them).
+        dashboard: start Ray's dashboard (on 127.0.0.1) and every service of a full start.
+    """
+    import ray
+
+    kwargs = dict(address="local",  # a new Ray of our own, even if another runs here
+                  num_cpus=num_cpus, include_dashboard=dashboard,
+                  dashboard_host="127.0.0.1", log_to_driver=False)
+    if num_gpus is not None:
+        kwargs["num_gpus"] = num_gpus
+    with contextlib.nullcontext() if dashboard else _without(UNUSED_SERVICES):
+        ray.init(**kwargs)
+
+
+@contextlib.contextmanager
+def _without(names: tuple[str, ...]) -> Iterator[None]:
+    """While inside: the head node's ``names`` start nothing (all or none of them)."""
+    try:
+        from ray._private.node import Node
+    except ImportError:
+        Node = None
+    if Node is None or not all(callable(getattr(Node, n, None)) for n in names):
+        yield  # another Ray release: its full start
+        return
+    saved = {n: Node.__dict__.get(n) for n in names}
+    try:
+        for n in names:
+            setattr(Node, n, _skipped)
+        yield
+    finally:
+        for n, fn in saved.items():
+            if fn is None:
+                delattr(Node, n)
+            else:
+                setattr(Node, n, fn)
+
+
+def _skipped(self, *args, **kwargs) -> None:
+    """A head-node service llray does not use: not started."""
+
+
+def stop(grace: float = 0.2) -> None:
+    """Shut down this process's Ray; an embedded Ray's processes are stopped together.
+
+    ``ray.shutdown`` disconnects the driver, then stops the node's processes one after
+    another, giving each up to a second after its SIGTERM; the raylet and the GCS use
+    all of it and are then killed (measured: after a SIGTERM only the dashboard agent
+    exits within 3 s). Here, in that same step, every process of the node and their
+    children (workers, agents) get their SIGTERM at once, what still runs after
+    ``grace`` seconds is killed, and Ray's own one-by-one stop finds them gone. Call it
+    only when nothing more is asked of Ray: every result is back in the driver. A
+    joined cluster (``--address``) is only disconnected from. Safe to call when Ray
+    was never started.
+    """
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    node = getattr(getattr(ray, "_private", None) and ray._private.worker, "_global_node", None)
+    kill_all = getattr(node, "kill_all_processes", None)
+    if kill_all is not None and getattr(node, "all_processes", None):
+        def kill_all_processes(*args, **kwargs):
+            _end_together(_processes(node), grace)
+            return kill_all(*args, **kwargs)
+
+        node.kill_all_processes = kill_all_processes
+    ray.shutdown()
+
+
+def _processes(node) -> list[int]:
+    """Live processes a Ray node started, but its reaper (which cleans up after a crash
+    and is stopped last, as Ray does); none for a node that joined a cluster."""
+    pids = []
+    for kind, infos in dict(node.all_processes).items():
+        if kind == "reaper":
+            continue
+        for info in infos:
+            if info.process.poll() is None:
+                pids.append(info.process.pid)
+    return pids
+
+
+def _end_together(pids: list[int], grace: float) -> None:
+    """SIGTERM ``pids`` and their descendants at once, SIGKILL what runs after ``grace``."""
+    try:
+        import psutil  # Ray ships it (ray/thirdparty_files)
+    except ImportError:
+        psutil = None
+    if psutil is None:  # the node's own processes only; Ray stops the rest
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        return
+    procs = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            p = psutil.Process(pid)
+            procs += [p, *p.children(recursive=True)]
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
