@@ -98,6 +98,10 @@ def execute(args: argparse.Namespace) -> int:
         from llray.curriculum_search import format_assessment
 
         print(format_assessment(assessment, factorial(T)))
+        top = table.iloc[0]
+        if top["order"] != ",".join(map(str, assessment["order"])):
+            print(f"  an order outside the search ranks first on validation: {top['label']} "
+                  f"({top['order'].replace(',', ' ')})")
     print(f"curriculum: {where}")
     return 1 if failed else 0
 
