@@ -149,7 +149,7 @@ def _config(tmp_path):
     return path
 
 
-def _taskonomy_in(out, path):
+def _taskonomy_in(out, path, split="val"):
     """Pairwise runs in OUTPUT for this config: task 0 is erased by any later task, task 1
     halved, task 2 kept, so the model's best order is 2, 1, 0."""
     T = 3
@@ -157,7 +157,7 @@ def _taskonomy_in(out, path):
     final = np.full((T, T), 0.9)
     final[0, :], final[1, :] = 0.1, 0.45
     pairs = _pairs(after, final).assign(target_final=0.9, init_target=0.1,
-                                        target_after_source=0.5)
+                                        target_after_source=0.5, split=split)
     aff = tx.affinity(pairs)
     spec = tx.template(load_config(path))
     tx.write(out, "naive", pairs, aff, tx.curricula(aff, T), tx.describe(spec, [0]))
@@ -204,6 +204,15 @@ def test_bad_search_flags_exit_2_naming_the_flag_and_write_nothing(tmp_path, cap
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and named in err
     assert not out.exists()
+
+
+def test_search_refuses_pairwise_runs_on_the_test_split(tmp_path, capsys):
+    out = tmp_path / "out"
+    path = _config(tmp_path)
+    _taskonomy_in(out, path, split="test")  # selecting on them would select on test
+    assert main(["curriculum", str(path), "--output", str(out), "--search", "retention"]) == 2
+    assert "test split" in capsys.readouterr().err
+    assert not (out / "r_matrix").exists()
 
 
 def test_unknown_search_method_is_refused_by_name(tmp_path, capsys):

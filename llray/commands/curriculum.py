@@ -158,6 +158,10 @@ def _search(spec, cfg, stream, output, args, options, budget, others=()):
     pairs = tx.load_pairs(output, label)
     if pairs is None:
         raise ConfigError("--search", f"no pairwise runs in {tx.folder(output, label)}")
+    if stream.has_val and set(pairs.get("split", pd.Series(["test"]))) != {"val"}:
+        raise ConfigError("--search", f"the pairwise runs in {tx.folder(output, label)} are "
+                                      "on the test split (written before validation splits); "
+                                      "remove that folder to recompute them on validation")
     model = RetentionModel.from_pairs(pairs)
     experiment = spec.experiment + cu.SUFFIX
     failed = 0
