@@ -14,7 +14,12 @@ a score of the whole order (not only of consecutive pairs as
 :func:`llray.taskonomy.path_score`), so all T! orders of a small stream can be ranked
 exactly. :func:`search` then spends a budget of runs: the top predicted orders first,
 then the unvisited neighbours (one task moved to another position) of the best order
-measured so far, most promising (by the model) first.
+measured so far, most promising (by the model) first; :func:`assess` says how sure the
+choice is (margin over the runner-up with its interval over seeds, whether the
+neighbourhood is all measured, how well the model agreed with the runs). What the
+search buys at equal compute, and where it is worse than random search (small budgets;
+streams where the pairwise model does not describe the order's effect), is measured by
+``benchmarks/bench_curriculum_search.py`` and reported in docs/tuning.md.
 
 Example:
     >>> import numpy as np

@@ -23,7 +23,8 @@ from llray.commands._common import add_ray_output_arguments, output_dir
 from llray.errors import ConfigError
 
 NAME = "curriculum"
-HELP = "compare task orders (identity, random, taskonomy, tuned) on one stream and strategy"
+HELP = ("compare task orders (identity, random, taskonomy, tuned; --search: searched) on one "
+        "stream and strategy")
 SEARCHES = ("retention",)
 DEFAULT_BUDGET = 6
 
@@ -138,7 +139,7 @@ def check_search(args: argparse.Namespace, num_tasks: int) -> int:
     if not 1 <= budget <= most:
         raise ConfigError("--search-budget", f"must be an integer in 1..{most} (the orders of "
                                              f"{num_tasks} tasks), got {budget}")
-    return min(budget, most)
+    return budget
 
 
 def _search(spec, cfg, stream, output, args, options, budget, others=()):
@@ -187,15 +188,19 @@ def _search(spec, cfg, stream, output, args, options, budget, others=()):
     run_orders([*model.ranked()[:min(3, budget)], *others])  # one sweep for all of them
     found = search(evaluate, model, budget)
     ok = {o: v for o, v in measured.items() if np.isfinite(v).any()}
-    if not ok:
-        raise ConfigError("--search", "every run of the searched orders failed")
-    assessment = assess({o: np.nan_to_num(v, nan=0.0) for o, v in ok.items()}, model)
+    assessment = None  # every run of the searched orders failed: nothing to choose
+    if ok:  # a seed whose run failed counts as ACC 0 for that order
+        assessment = assess({o: np.nan_to_num(v, nan=0.0) for o, v in ok.items()}, model)
+    else:
+        print("llray: retention search: every run of the searched orders failed",
+              file=sys.stderr)
+    chosen = assessment["order"] if assessment else None
     cu.write_search(output, label, pd.DataFrame({
         "step": range(1, len(found) + 1),
         "order": [",".join(map(str, o)) for o, _ in found],
         "predicted_acc": [model.predict(o) for o, _ in found],
         "acc_val": [v for _, v in found],
-        "chosen": [o == assessment["order"] for o, _ in found]}))
+        "chosen": [o == chosen for o, _ in found]}))
     return failed, {f"search-{k}": o for k, (o, _) in enumerate(found, 1)}, assessment
 
 
