@@ -1,45 +1,65 @@
-"""Curriculum search at equal compute: random, TPE over Lehmer codes, and taskonomy-guided.
+"""Curriculum search at equal compute: random, TPE over Lehmer codes, local search and the
+taskonomy's retention model, over a range of budgets counted in task trainings.
 
 Two streams of 5 tasks (120 orders), naive fine-tuning (the order decides what is
 forgotten), in this process (no Ray), small MLPs:
 
-- ``rotated``: the stream of ``tuning/curriculum_order.yaml`` (digits rotated by k·45°);
+- ``rotated``: the stream of ``tuning/curriculum_order.yaml`` (digits rotated by k·45°:
+  neighbouring angles are similar tasks, far ones interfere);
 - ``split-domain``: split digits, domain-incremental (each task maps two digits onto the
-  labels 0/1, so which pairs follow which decides what interferes).
+  labels 0/1 of one shared head, so every later task re-maps the head and which digit
+  pairs follow which decides what survives: tasks differ in difficulty and in how much
+  they overwrite each other).
 
-Ground truth: every one of the 120 orders is trained once (seed of the spec) and its
-ACC cached; a method's "run" of an order looks its ACC up, so every method sees exactly
-the objective a study would. Budget: ``--budget`` full runs' worth of task trainings
-(a full run trains T tasks; a taskonomy pair run 2, a scratch run 1), so the taskonomy
-methods pay for their 25 pairwise runs (20 pairs + 5 scratch = 45 task trainings = 9
-full runs at T = 5) out of the same budget. Each study seed s gives the samplers their
-seed and the taskonomy its pairwise runs with run seed s (cached per seed;
-``--pair-seeds P`` reuses P sets, study seed s taking set s mod P, to save time).
+Ground truth: every one of the 120 orders is trained once (seed of the spec); its
+validation ACC and test ACC are cached (``--cache``, outside the repository). A method's
+"run" of an order looks up its *validation* ACC, so every method sees exactly the
+objective a study would; the order a method selects is its best on validation, and it
+succeeds when that order is in the top 10% of all 120 orders by *test* ACC.
+
+Compute is counted in task trainings. A full run of an order trains T tasks. The
+pairwise runs of the taskonomy train task i once and then each j ≠ i next, so they cost
+``T + T(T-1) = T²`` task trainings when the first task's training is shared by every
+pair that starts with it (the scratch runs the taskonomy compares with are those same
+first trainings with the same seed); at T = 5 that is 25 task trainings = 5 full runs,
+charged to the retention model out of the same budget. (``run_pairs_here`` trains each
+pair from scratch, 2T(T-1) + T = 45; the count above is what a shared first task costs.)
+A budget of B task trainings buys B / T order evaluations for random, TPE and local
+search, and (B − T²) / T for the retention model; with none left it takes the model's
+top order without evaluating it.
+
+Each study seed s gives the samplers their seed and the retention model its pairwise runs
+with run seed s (cached per seed), so the model differs between studies as it would
+between users.
 
 Methods:
 
 - ``random``: distinct random orders;
 - ``tpe``: Optuna TPE over the Lehmer code (``n_startup_trials`` 8, as the shipped spec);
-- ``tx-path+tpe``: taskonomy's ``best`` and ``greedy`` paths (``llray.taskonomy``,
-  transfer − forgetting of consecutive pairs) enqueued, then TPE;
-- ``tx-retention``: :mod:`llray.curriculum_search`: the retention model ranks all orders,
-  the top 3 are run, then the neighbours of the best measured order.
+- ``local``: a permutation-aware search without a model: 3 random orders, then the
+  unvisited neighbours (one task moved) of the best measured order, in random order;
+- ``retention``: :mod:`llray.curriculum_search`: the retention model ranks all orders,
+  its top 3 are run, then the neighbours of the best measured order, most promising first.
 
-Printed per stream, method and budget over the study seeds: how often the best order
-found is in the top 10% of all orders, how often it is the best order, its mean rank
-(1 = best of 120) and the mean regret in ACC. Timings are not the result here; the load
-average is printed because the ground truth takes minutes on a busy machine.
+Printed per stream and budget over the study seeds: the share of studies whose selected
+order is in the top 10% (with its 95% Wilson interval), the share that selected the best
+order, the mean test rank (1 = best of 120) and the mean regret in test ACC; and the
+retention model's rate over random search's. Timings are not the result here (rates do
+not depend on load); the load average is printed because the ground truth takes longer
+on a busy machine.
 
-Run: python benchmarks/bench_curriculum_search.py [--seeds 20] [--budget 12 18 24]
+Run: python benchmarks/bench_curriculum_search.py [--seeds 40] [--budgets 2 3 4 5 6 8 12 24]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -49,7 +69,7 @@ import pandas as pd
 import torch
 
 from llray import taskonomy as tx
-from llray.curriculum_search import RetentionModel, search
+from llray.curriculum_search import RetentionModel, neighbours, search
 from llray.data import TaskStream, make_stream
 from llray.experiment import execute
 from llray.metrics import acc
@@ -64,92 +84,177 @@ SPLIT_DOMAIN = {
     "strategy": "naive",
     "search": {"order": "permutation"},
 }
+METHODS = ("random", "tpe", "local", "retention")
+Order = tuple[int, ...]
 
 
 def load_average() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def ground_truth(study: StudySpec, stream: TaskStream, cache: Path) -> dict[tuple, float]:
-    """ACC of every order (cached)."""
-    T = study.num_tasks
-    orders = list(itertools.permutations(range(T)))
-    values = list(np.load(cache)["acc"]) if cache.is_file() else []
+def ground_truth(study: StudySpec, stream: TaskStream, cache: Path,
+                 seed: int | None = None) -> pd.DataFrame:
+    """Validation and test ACC of every order with the spec's seed or ``seed`` (cached; a
+    partial cache resumes)."""
+    orders = list(itertools.permutations(range(study.num_tasks)))
+    old = np.load(cache) if cache.is_file() else {"val": [], "test": []}
+    val, test = list(old["val"]), list(old["test"])
     cache.parent.mkdir(parents=True, exist_ok=True)
-    for k in range(len(values), len(orders)):
-        values.append(float(acc(execute(study.run_spec({"order": orders[k]}), stream).R)))
-        if (k + 1) % 10 == 0:
-            np.savez(cache, acc=np.array(values))  # a partial cache resumes
+    for k in range(len(val), len(orders)):
+        spec = study.run_spec({"order": orders[k]})
+        res = execute(spec if seed is None else replace(spec, seed=seed), stream)
+        val.append(float(acc(res.R_val)))
+        test.append(float(acc(res.R)))
+        if (k + 1) % 20 == 0:
+            np.savez(cache, val=np.array(val), test=np.array(test))
             print(f"    ground truth {k + 1}/{len(orders)}", flush=True)
-    np.savez(cache, acc=np.array(values))
-    return dict(zip(orders, values))
+    np.savez(cache, val=np.array(val), test=np.array(test))
+    return pd.DataFrame({"order": orders, "val": val, "test": test})
 
 
 def pairs_for(study: StudySpec, stream: TaskStream, seed: int, cache: Path) -> pd.DataFrame:
-    """The taskonomy's pairwise runs with run seed ``seed``, in this process (cached)."""
+    """The taskonomy's pairwise runs (validation split) with run seed ``seed`` (cached)."""
     if cache.is_file():
         return pd.read_parquet(cache)
     spec = replace(study.run_spec({"order": tuple(range(study.num_tasks))}), seed=seed)
     df = tx.run_pairs_here(spec, stream, [seed])
+    assert (df["split"] == "val").all()
     cache.parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(cache)
     return df
 
 
-PAIR_COST = lambda T: T * (T - 1) * 2 + T  # noqa: E731  task trainings of the pairwise runs
+def pair_cost(T: int) -> int:
+    """Task trainings of the pairwise runs with each first task trained once: T + T(T-1)."""
+    return T + T * (T - 1)
 
 
-def run_random(truth: dict, T: int, runs: int, seed: int) -> list[tuple]:
+def run_random(orders: list[Order], runs: int, seed: int) -> list[Order]:
     rng = np.random.default_rng(seed)
-    orders = list(truth)
-    picks = rng.choice(len(orders), size=min(runs, len(orders)), replace=False)
-    return [orders[i] for i in picks]
+    return [orders[i] for i in rng.choice(len(orders), size=min(runs, len(orders)),
+                                          replace=False)]
 
 
-def run_tpe(truth: dict, T: int, runs: int, seed: int, enqueue: list[tuple] = ()) -> list[tuple]:
+def run_tpe(val: Callable[[Order], float], T: int, runs: int, seed: int) -> list[Order]:
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)
     study = optuna.create_study(direction="maximize", sampler=sampler)
-    for o in enqueue:
-        study.enqueue_trial({f"order_{k}": d for k, d in enumerate(lehmer.encode(o))})
-    done = []
+    done: list[Order] = []
     for _ in range(runs):
         t = study.ask()
         code = [t.suggest_int(f"order_{k}", 0, lehmer.digit_high(k, T))
                 for k in range(lehmer.num_digits(T))]
         o = lehmer.decode(code, T)
-        study.tell(t, truth[o])
+        study.tell(t, val(o))
         done.append(o)
     return done
 
 
-def run_tx_path(truth: dict, T: int, runs: int, pairs: pd.DataFrame, seed: int) -> list[tuple]:
-    curr = tx.curricula(tx.affinity(pairs), T)
-    proposals = list(dict.fromkeys(tuple(o) for o in curr["order"]))
-    return run_tpe(truth, T, runs, seed, proposals)
+def run_local(val: Callable[[Order], float], orders: list[Order], runs: int,
+              seed: int, start: int = 3) -> list[Order]:
+    """Random starts, then random unvisited neighbours of the best measured order."""
+    rng = np.random.default_rng(seed)
+    seen = {o: val(o) for o in run_random(orders, min(start, runs), seed)}
+    while len(seen) < runs:
+        best = max(seen, key=seen.get)
+        fresh = [o for o in neighbours(best) if o not in seen]
+        if not fresh:
+            fresh = [o for o in orders if o not in seen]
+        o = fresh[int(rng.integers(len(fresh)))]
+        seen[o] = val(o)
+    return list(seen)
 
 
-def run_tx_retention(truth: dict, T: int, runs: int, pairs: pd.DataFrame) -> list[tuple]:
+def run_retention(val: Callable[[Order], float], runs: int, pairs: pd.DataFrame) -> list[Order]:
     model = RetentionModel.from_pairs(pairs)
-    return [o for o, _ in search(lambda o: truth[o], model, runs)]
+    if runs <= 0:
+        return [model.ranked()[0]]  # nothing left to evaluate: the model's choice
+    return [o for o, _ in search(val, model, runs)]
 
 
-def evaluate(found: list[tuple], truth: dict) -> tuple[float, int]:
-    """(best ACC found, its rank among all orders: 1 = best)."""
-    values = np.array(sorted(truth.values(), reverse=True))
-    best = max(truth[o] for o in found)
-    return best, int(np.sum(values > best)) + 1
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial rate k/n."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    return float(pd.Series(a).corr(pd.Series(b), method="spearman"))
+
+
+def bench_stream(name: str, study: StudySpec, args: argparse.Namespace, cache: Path) -> None:
+    stream = make_stream(study.experiment.stream)
+    T = study.num_tasks
+    t0 = time.perf_counter()
+    truth = ground_truth(study, stream, cache / f"{name}_truth_valtest.npz")
+    orders = list(truth["order"])
+    val = dict(zip(orders, truth["val"]))
+    test = dict(zip(orders, truth["test"]))
+    test_rank = dict(zip(orders, truth["test"].rank(ascending=False, method="min")))  # 1 = best
+    top = max(1, int(round(0.1 * len(orders))))
+    best_test = float(truth["test"].max())
+    sel_all = max(orders, key=val.__getitem__)
+    other = ground_truth(study, stream, cache / f"{name}_truth_seed1.npz", seed=1)
+    print(f"\n== {name}: {len(orders)} orders, test ACC {truth['test'].min():.3f}.."
+          f"{best_test:.3f}, top 10% (best {top}) >= {truth['test'].nlargest(top).iloc[-1]:.3f}; "
+          f"val-test Spearman over orders {spearman(truth['val'], truth['test']):.2f}; "
+          f"test ACC with run seed 1 vs the spec's: Spearman "
+          f"{spearman(other['test'], truth['test']):.2f} "
+          f"(how much of an order's rank is the order, not the seed); "
+          f"all 120 on val selects test rank {int(test_rank[sel_all])} "
+          f"({time.perf_counter() - t0:.0f} s)")
+    pairs = {s: pairs_for(study, stream, s, cache / f"{name}_pairs_val_{s}.parquet")
+             for s in range(args.seeds)}
+    rho = [spearman(np.array([RetentionModel.from_pairs(p).predict(o) for o in orders]),
+                    truth["test"].to_numpy()) for p in pairs.values()]
+    print(f"  pairwise runs (validation split) with {args.seeds} run seeds ready "
+          f"({time.perf_counter() - t0:.0f} s); their cost: {pair_cost(T)} task trainings = "
+          f"{pair_cost(T) / T:.0f} full runs; retention model vs test ACC over the 120 orders: "
+          f"Spearman {np.mean(rho):.2f} (seeds {np.min(rho):.2f}..{np.max(rho):.2f})")
+    print(f"  {'budget':>6} {'(tasks)':>7} {'method':<10} {'runs':>4} {'top10%':>6} "
+          f"{'95% CI':>11} {'best':>5} {'rank':>5} {'regret':>6}")
+    for budget in args.budgets:
+        rates = {}
+        for method in METHODS:
+            runs = budget if method != "retention" else (budget * T - pair_cost(T)) // T
+            if runs < 0 or (runs == 0 and method != "retention"):
+                continue
+            ranks, regrets = [], []
+            for s in range(args.seeds):
+                if method == "random":
+                    found = run_random(orders, runs, s)
+                elif method == "tpe":
+                    found = run_tpe(val.__getitem__, T, runs, s)
+                elif method == "local":
+                    found = run_local(val.__getitem__, orders, runs, s)
+                else:
+                    found = run_retention(val.__getitem__, runs, pairs[s])
+                chosen = max(found, key=val.__getitem__)
+                ranks.append(test_rank[chosen])
+                regrets.append(best_test - test[chosen])
+            ranks = np.array(ranks)
+            k = int(np.sum(ranks <= top))
+            lo, hi = wilson(k, args.seeds)
+            rates[method] = k / args.seeds
+            print(f"  {budget:>6} {budget * T:>7} {method:<10} {runs:>4} {k / args.seeds:>6.2f} "
+                  f"{f'{lo:.2f}-{hi:.2f}':>11} {np.mean(ranks == 1):>5.2f} {ranks.mean():>5.1f} "
+                  f"{np.mean(regrets):>6.3f}")
+        if "retention" in rates and rates["random"] > 0:
+            print(f"  {budget:>6} {'':>7} retention / random rate: "
+                  f"{rates['retention'] / rates['random']:.2f}x")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=20, help="study seeds (>= 20)")
-    ap.add_argument("--budget", type=int, nargs="+", default=[12, 18, 24],
-                    help="budgets in full runs' worth of task trainings")
+    ap.add_argument("--seeds", type=int, default=40, help="study seeds (>= 20)")
+    ap.add_argument("--budgets", type=int, nargs="+", default=[2, 3, 4, 5, 6, 7, 8, 10, 12, 24],
+                    help="budgets in full runs' worth of task trainings (x T task trainings)")
     ap.add_argument("--streams", nargs="+", default=["rotated", "split-domain"])
-    ap.add_argument("--pair-seeds", type=int, default=None,
-                    help="distinct run seeds of the pairwise runs (study seed s uses s mod "
-                         "this; default: one per study seed)")
-    ap.add_argument("--cache", default=tempfile.gettempdir())
+    ap.add_argument("--cache", default=tempfile.gettempdir(),
+                    help="folder for the ground truth and pairwise runs (reused)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -158,47 +263,7 @@ def main() -> None:
              "split-domain": parse_spec(SPLIT_DOMAIN)}
     cache = Path(args.cache) / "llray_bench_curriculum"
     for name in args.streams:
-        study = specs[name]
-        stream = make_stream(study.experiment.stream)
-        T = study.num_tasks
-        t0 = time.perf_counter()
-        truth = ground_truth(study, stream, cache / f"{name}_truth.npz")
-        values = np.array(sorted(truth.values(), reverse=True))
-        top = max(1, int(round(0.1 * len(values))))
-        print(f"\n== {name}: {len(truth)} orders, ACC {values[-1]:.3f}..{values[0]:.3f}, "
-              f"top 10% >= {values[top - 1]:.3f} ({time.perf_counter() - t0:.0f} s)")
-        n_pairs = args.pair_seeds or args.seeds
-        made = {p: pairs_for(study, stream, p, cache / f"{name}_pairs_{p}.parquet")
-                for p in range(n_pairs)}
-        pairs = {s: made[s % n_pairs] for s in range(args.seeds)}
-        print(f"  pairwise runs with {n_pairs} run seeds ready "
-              f"({time.perf_counter() - t0:.0f} s); their cost per study: "
-              f"{PAIR_COST(T)} task trainings = {PAIR_COST(T) / T:.0f} full runs")
-        print(f"  {'method':<14} {'budget':>6} {'runs':>5} {'top10%':>7} {'best':>5} "
-              f"{'mean rank':>9} {'regret':>7}")
-        for budget in args.budget:
-            tx_runs = (budget * T - PAIR_COST(T)) // T
-            for method in ("random", "tpe", "tx-path+tpe", "tx-retention"):
-                runs = budget if method in ("random", "tpe") else tx_runs
-                if runs < 1:
-                    continue
-                ranks, regrets = [], []
-                for s in range(args.seeds):
-                    if method == "random":
-                        found = run_random(truth, T, runs, s)
-                    elif method == "tpe":
-                        found = run_tpe(truth, T, runs, s)
-                    elif method == "tx-path+tpe":
-                        found = run_tx_path(truth, T, runs, pairs[s], s)
-                    else:
-                        found = run_tx_retention(truth, T, runs, pairs[s])
-                    best, rank = evaluate(found, truth)
-                    ranks.append(rank)
-                    regrets.append(values[0] - best)
-                ranks = np.array(ranks)
-                print(f"  {method:<14} {budget:>6} {runs:>5} {np.mean(ranks <= top):>7.2f} "
-                      f"{np.mean(ranks == 1):>5.2f} {ranks.mean():>9.1f} "
-                      f"{np.mean(regrets):>7.3f}")
+        bench_stream(name, specs[name], args, cache)
     print(f"\nload average (1, 5, 15 min): {load_average()}")
 
 

@@ -193,6 +193,38 @@ def _val_acc(output: str | Path, experiment: str) -> pd.DataFrame:
     return val[["run_id", "acc"]].rename(columns={"acc": "acc_val"})
 
 
+def val_by_seed(output: str | Path, experiment: str, strategy: str,
+                order: Sequence[int], seeds: Sequence[int]) -> np.ndarray:
+    """Validation ACC of ``order``'s run with each of ``seeds`` (in that order; NaN for a
+    seed without a finished run). A store without validation rows gives test ACC, as
+    :func:`compare` ranks it."""
+    runs = _val_acc(output, experiment)
+    per_run = analysis.run_metrics(output, metrics=["acc"], experiment=experiment)
+    per_run = per_run[(per_run["strategy"] == strategy)
+                      & (per_run["order"] == ",".join(map(str, order)))]
+    per_run = per_run.merge(runs, on="run_id", how="left")
+    value = per_run["acc_val"].fillna(per_run["acc"])
+    by_seed = dict(zip(per_run["seed"].astype(int), value))
+    return np.array([by_seed.get(int(s), np.nan) for s in seeds], dtype=float)
+
+
+def write_search(output: str | Path, strategy: str, searched: pd.DataFrame) -> Path:
+    """``OUTPUT/curriculum/<strategy>/search.parquet``: the orders a search ran (atomic)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    where = Path(output) / "curriculum" / strategy
+    where.mkdir(parents=True, exist_ok=True)
+    tmp = where / f".search.parquet.{uuid.uuid4().hex}.tmp"
+    try:
+        pq.write_table(pa.Table.from_pandas(searched.assign(strategy=strategy),
+                                            preserve_index=False), tmp)
+        os.replace(tmp, where / "search.parquet")
+    finally:
+        tmp.unlink(missing_ok=True)
+    return where / "search.parquet"
+
+
 def format_table(table: pd.DataFrame) -> str:
     """The comparison as aligned text."""
     def ci(r: Any, m: str) -> str:

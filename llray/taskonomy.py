@@ -475,6 +475,23 @@ def load(output: str | Path, strategy: str) -> tuple[pd.DataFrame, pd.DataFrame]
         raise ConfigError(str(where), f"cannot read the taskonomy files: {e}") from None
 
 
+def load_pairs(output: str | Path, strategy: str) -> pd.DataFrame | None:
+    """The ``pairs.parquet`` rows written by :func:`write` (one per short run), or None.
+
+    Raises:
+        ConfigError: the file exists but cannot be read (named).
+    """
+    import pyarrow.parquet as pq
+
+    path = folder(output, strategy) / "pairs.parquet"
+    if not path.is_file():
+        return None
+    try:
+        return pq.read_table(path).to_pandas()
+    except Exception as e:  # noqa: BLE001 - any reader error: name the file
+        raise ConfigError(str(path), f"cannot read the pairwise runs: {e}") from None
+
+
 # -- plot -----------------------------------------------------------------------------------
 def plot(aff: pd.DataFrame, curr: pd.DataFrame, num_tasks: int, title: str,
          dpi: int = 100) -> bytes:

@@ -5,6 +5,12 @@ Runs the identity order, ``--random K`` random orders, the taskonomy's proposed 
 has them for this stream) and the best order of any study in OUTPUT that searched the
 order (or of ``--study NAME``), each with every seed of the config. Prints ACC and BWT
 per order and writes ``OUTPUT/curriculum/<strategy>/orders.parquet`` and a plot.
+
+``--search retention`` also searches the order (:mod:`llray.curriculum_search`): the
+taskonomy's pairwise runs rank every order by the retention model, the search runs
+``--search-budget`` orders (the top 3 predicted, then neighbours of the best measured on
+validation), each with every seed, labels them ``search-1`` … in the table, writes
+``search.parquet`` beside ``orders.parquet`` and prints the chosen order and how sure it is.
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ from llray.commands._common import add_ray_output_arguments, output_dir
 from llray.errors import ConfigError
 
 NAME = "curriculum"
-HELP = "compare task orders (identity, random, taskonomy, tuned) on one stream and strategy"
+HELP = ("compare task orders (identity, random, taskonomy, tuned; --search: searched) on one "
+        "stream and strategy")
+SEARCHES = ("retention",)
+DEFAULT_BUDGET = 6
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,6 +39,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                    "every study there that searched the order)")
     p.add_argument("--no-taskonomy", action="store_true",
                    help="do not compute the taskonomy orders when OUTPUT has none")
+    p.add_argument("--search", choices=SEARCHES,
+                   help="also search the order: 'retention' ranks every order by the "
+                        "taskonomy's retention model, runs the top 3, then neighbours of the "
+                        "best on validation")
+    p.add_argument("--search-budget", type=int, metavar="N",
+                   help=f"orders the search runs, each with every seed, after the pairwise "
+                        f"runs (default {DEFAULT_BUDGET}; only with --search)")
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -44,6 +60,7 @@ def execute(args: argparse.Namespace) -> int:
     label = spec.strategy.display
     if args.random < 0:
         raise ConfigError("--random", f"must be >= 0, got {args.random}")
+    budget = check_search(args, cfg.stream.num_tasks)
     output = args.output = output_dir(args, cfg.experiment)
     from llray.commands.run import check_cluster, sweep_options
 
@@ -57,20 +74,35 @@ def execute(args: argparse.Namespace) -> int:
     T = stream.num_tasks
     proposed = cu.tuned_orders(output, T, stream.benchmark, args.study)  # checks --study
     shapes = _taskonomy(output, spec, cfg.seeds, stream, args)
-    proposed = {**shapes, **proposed}
-    cands = cu.candidates(T, True, cu.random_orders(args.random, T, cfg.stream.seed), proposed)
+    randoms = cu.random_orders(args.random, T, cfg.stream.seed)
+    failed, searched, assessment = 0, {}, None
+    if args.search:  # the other candidates run in the search's first sweep
+        others = cu.candidates(T, True, randoms, {**shapes, **proposed})
+        failed, searched, assessment = _search(spec, cfg, stream, output, args, options,
+                                               budget, [c.order for c in others])
+    proposed = {**shapes, **proposed, **searched}
+    cands = cu.candidates(T, True, randoms, proposed)
     done = finished_run_ids(output)
     specs = [s for s in cu.specs(spec, cfg.seeds, cands) if s.run_id not in done]
     print(f"curriculum: {len(cands)} orders x {len(cfg.seeds)} seed(s) of {label}; "
           f"{len(specs)} runs to do", file=sys.stderr)
-    failed = 0
     if specs:
-        failed = _run(specs, stream, output, cfg, args, options)
+        failed += _run(specs, stream, output, cfg, args, options)
     table, per_run = cu.compare(output, spec.experiment + cu.SUFFIX, label, cands)
     title = f"{cfg.experiment}: {label} on {stream.benchmark}, {len(cfg.seeds)} seed(s) per order"
     where = cu.write(output, label, table, cu.plot(table, per_run, title))
     print(cu.format_table(table))
     print(cu.summary_line(table))
+    if assessment is not None:
+        from math import factorial
+
+        from llray.curriculum_search import format_assessment
+
+        print(format_assessment(assessment, factorial(T)))
+        top = table.iloc[0]
+        if top["order"] != ",".join(map(str, assessment["order"])):
+            print(f"  an order outside the search ranks first on validation: {top['label']} "
+                  f"({top['order'].replace(',', ' ')})")
     print(f"curriculum: {where}")
     return 1 if failed else 0
 
@@ -79,6 +111,97 @@ def interrupted_hint(args: argparse.Namespace) -> str:
     """How to continue after SIGINT/SIGTERM: finished runs are skipped on a rerun."""
     where = f" --output {args.output}" if args.output else ""
     return f"finished runs are kept; rerun to continue: llray curriculum {args.config}{where}"
+
+
+def check_search(args: argparse.Namespace, num_tasks: int) -> int:
+    """The search's budget, checked before any work (0 without ``--search``).
+
+    Raises:
+        ConfigError: ``--search-budget`` without ``--search``, outside ``1..T!``;
+            ``--search`` with ``--no-taskonomy`` or with more tasks than the model ranks.
+    """
+    from math import factorial
+
+    from llray.curriculum_search import MAX_TASKS
+
+    if not args.search:
+        if args.search_budget is not None:
+            raise ConfigError("--search-budget", "only with --search retention")
+        return 0
+    if args.no_taskonomy:
+        raise ConfigError("--no-taskonomy", "--search retention needs the taskonomy's "
+                                            "pairwise runs; drop --no-taskonomy")
+    if num_tasks > MAX_TASKS:
+        raise ConfigError("--search", f"ranks all T! orders: at most {MAX_TASKS} tasks, the "
+                                      f"stream has {num_tasks}")
+    budget = DEFAULT_BUDGET if args.search_budget is None else args.search_budget
+    most = factorial(num_tasks)
+    if not 1 <= budget <= most:
+        raise ConfigError("--search-budget", f"must be an integer in 1..{most} (the orders of "
+                                             f"{num_tasks} tasks), got {budget}")
+    return budget
+
+
+def _search(spec, cfg, stream, output, args, options, budget, others=()):
+    """The retention model's search: ``(failed runs, {label: order}, assessment)``.
+
+    ``others``: orders to run in the same sweep as the search's first orders (the
+    comparison's other candidates), so that one sweep keeps the cluster busy."""
+    import numpy as np
+    import pandas as pd
+
+    from llray import curriculum as cu
+    from llray import taskonomy as tx
+    from llray.curriculum_search import RetentionModel, assess, search
+    from llray.results import finished_run_ids
+
+    label = spec.strategy.display
+    pairs = tx.load_pairs(output, label)
+    if pairs is None:
+        raise ConfigError("--search", f"no pairwise runs in {tx.folder(output, label)}")
+    if stream.has_val and set(pairs.get("split", pd.Series(["test"]))) != {"val"}:
+        raise ConfigError("--search", f"the pairwise runs in {tx.folder(output, label)} are "
+                                      "on the test split (written before validation splits); "
+                                      "remove that folder to recompute them on validation")
+    model = RetentionModel.from_pairs(pairs)
+    experiment = spec.experiment + cu.SUFFIX
+    failed = 0
+
+    def run_orders(orders):
+        nonlocal failed
+        cands = [cu.Candidate("search", tuple(o)) for o in orders]
+        done = finished_run_ids(output)
+        todo = [s for s in cu.specs(spec, cfg.seeds, cands) if s.run_id not in done]
+        if todo:
+            failed += _run(todo, stream, output, cfg, args, options)
+
+    measured = {}
+
+    def evaluate(order):
+        run_orders([order])  # nothing to do when it ran in the first batch or before
+        measured[order] = cu.val_by_seed(output, experiment, label, order, cfg.seeds)
+        value = np.nanmean(measured[order]) if np.isfinite(measured[order]).any() else -np.inf
+        return float(value)
+
+    print(f"curriculum: retention search over {len(cfg.seeds)} seed(s), {budget} orders",
+          file=sys.stderr)
+    run_orders([*model.ranked()[:min(3, budget)], *others])  # one sweep for all of them
+    found = search(evaluate, model, budget)
+    ok = {o: v for o, v in measured.items() if np.isfinite(v).any()}
+    assessment = None  # every run of the searched orders failed: nothing to choose
+    if ok:  # a seed whose run failed counts as ACC 0 for that order
+        assessment = assess({o: np.nan_to_num(v, nan=0.0) for o, v in ok.items()}, model)
+    else:
+        print("llray: retention search: every run of the searched orders failed",
+              file=sys.stderr)
+    chosen = assessment["order"] if assessment else None
+    cu.write_search(output, label, pd.DataFrame({
+        "step": range(1, len(found) + 1),
+        "order": [",".join(map(str, o)) for o, _ in found],
+        "predicted_acc": [model.predict(o) for o, _ in found],
+        "acc_val": [v for _, v in found],
+        "chosen": [o == chosen for o, _ in found]}))
+    return failed, {f"search-{k}": o for k, (o, _) in enumerate(found, 1)}, assessment
 
 
 def _taskonomy(output, spec, seeds, stream, args) -> dict:
