@@ -39,13 +39,14 @@ def synthetic(root, tasks=3, train=240, test=80, val=40, noise=90.0, seed=0, per
 
 
 def config(root, storage="streaming", strategy="naive", seed=0, scenario="task", tasks=3,
-           **stream):
+           train=None, **stream):
     return parse_config({
         "experiment": "s", "strategies": [strategy], "seeds": [seed],
         "stream": {"dataset": "shards", "kind": "tasks", "scenario": scenario,
                    "num_tasks": tasks, "path": str(root), "input_shape": list(SHAPE),
                    "storage": storage, **stream},
-        "model": {"hidden": [32]}, "train": {"epochs": 2, "batch_size": 16, "lr": 0.05}})
+        "model": {"hidden": [32]},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 0.05, **(train or {})}})
 
 
 @pytest.fixture(scope="module")

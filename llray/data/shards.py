@@ -45,6 +45,7 @@ import numpy as np
 from llray.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
+ROW_GROUP_BYTES = 8 * 2**20  # decoded features per row group that write_shards writes
 _PART = re.compile(r"(?:^|/)task=([^/]+)/split=([^/]+)/")
 
 
@@ -317,6 +318,8 @@ def write_shards(root: str, tasks: Mapping[Any, Mapping[str, tuple[np.ndarray, n
                 table = pa.table({"x": col, "label": pa.array(np.asarray(y[i:i + step],
                                                                           np.int64))})
                 path = os.path.join(d, f"part-{k:05d}.parquet")
-                pq.write_table(table, path, compression=compression)
+                # row groups of ~8 MiB decoded: a reader holds one row group at a time
+                group = max(1, ROW_GROUP_BYTES // max(width * xs.itemsize, 1))
+                pq.write_table(table, path, compression=compression, row_group_size=group)
                 written.append(path)
     return written

@@ -48,7 +48,8 @@ STORAGES = ("memory", "streaming", "auto")
 AUTO_STREAM_BYTES = 4 * 2**30
 DEFAULT_SHUFFLE_BUFFER = 8192
 READERS = ("arrow", "ray_data")
-CHUNK_ROWS = 1024  # rows per record batch the arrow reader decodes at a time
+#: bytes of decoded features per record batch the arrow reader hands over at a time
+CHUNK_BYTES = 2 * 2**20
 #: Strategies whose training reads a task only through minibatches: they can stream.
 STREAMING_STRATEGIES = ("derpp", "joint", "lwf", "naive", "replay", "si")
 
@@ -148,9 +149,10 @@ class ShardReader:
             for path, _, _ in files:
                 with lay.filesystem.open_input_file(path) as fh:
                     yield from pq.ParquetFile(fh).iter_batches(
-                        batch_size=CHUNK_ROWS, columns=[lay.x_column, lay.label_column])
+                        batch_size=rows, columns=[lay.x_column, lay.label_column])
 
-        return _prefetch(read(), depth=2)
+        rows = max(1, CHUNK_BYTES // lay.row_bytes)
+        return _prefetch(read(), depth=1)
 
     def _ray_tables(self, files: list[tuple[str, int, int]]) -> Iterator[Any]:
         """Blocks of a Ray Dataset over ``files`` (``read_parquet``, order preserved)."""
