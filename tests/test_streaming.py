@@ -13,7 +13,7 @@ from llray.cli import main
 from llray.config import parse_config
 from llray.data import StreamConfig, make_stream
 from llray.data.shards import discover, load_split, write_shards
-from llray.data.streaming import ShardReader, choose_storage
+from llray.data.streaming import STREAMING_STRATEGIES, ShardReader, choose_storage
 from llray.errors import ConfigError
 from llray.experiment import build_run, execute
 
@@ -177,6 +177,15 @@ def test_streamed_joint_trains_on_the_union_of_seen_tasks(shards):
     naive = execute(config(root, strategy="naive", scenario="class").runs()[0])
     assert joint.samples_trained == (240 + 480 + 720) * 2
     assert joint.R[-1, 0] > 0.5 > naive.R[-1, 0]  # the union keeps task 1; naive forgets it
+
+
+@pytest.mark.parametrize("strategy", STREAMING_STRATEGIES)
+def test_every_streaming_strategy_runs_streamed_and_deterministic(shards, strategy):
+    root, _ = shards
+    spec = config(root, strategy=strategy, seed=2, train={"epochs": 1}).runs()[0]
+    a, b = execute(spec), execute(spec)
+    assert a.status == "ok" and np.isfinite(a.R).all() and a.samples_trained > 0
+    np.testing.assert_array_equal(a.R, b.R)
 
 
 # -- bad input ---------------------------------------------------------------------------------

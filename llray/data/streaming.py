@@ -51,7 +51,7 @@ READERS = ("arrow", "ray_data")
 #: bytes of decoded features per record batch the arrow reader hands over at a time
 CHUNK_BYTES = 2 * 2**20
 #: Strategies whose training reads a task only through minibatches: they can stream.
-STREAMING_STRATEGIES = ("derpp", "joint", "lwf", "naive", "replay", "si")
+STREAMING_STRATEGIES = ("derpp", "expand", "joint", "lwf", "naive", "progressive", "replay", "si")
 
 
 def choose_storage(storage: str, decoded_bytes: int, threshold: int = AUTO_STREAM_BYTES) -> str:
