@@ -89,7 +89,9 @@ class StreamConfig:
             datasets ``"mnist"``, ``"fashionmnist"`` (``(1, 28, 28)``), ``"cifar10"``,
             ``"cifar100"`` (``(3, 32, 32)``), ``"tinyimagenet"`` (``(3, 64, 64)``, 200
             classes), ``"core50"`` (``(3, 128, 128)``, 50 objects) from local files (uint8
-            pixels, seen by the model in [0, 1]), or ``"parquet"``.
+            pixels, seen by the model in [0, 1]), ``"parquet"``, or ``"shards"`` (Parquet
+            files in ``task=<t>/split=<train|val|test>/`` folders, read whole or streamed
+            batch by batch: :mod:`llray.data.shards`, :mod:`llray.data.streaming`).
         kind: ``"permuted"``, ``"rotated"`` (square images only), ``"split"`` (classes
             partitioned among tasks), ``"tasks"`` (a parquet table's task column), or for
             core50 only ``"ni"`` (a task per training session) and ``"nc"`` (a task per
