@@ -24,8 +24,8 @@ schema and find each task's classes); pixels are read by the in-memory loader
 Example:
     >>> import tempfile, numpy as np
     >>> root = tempfile.mkdtemp()
-    >>> write_shards(root, {0: {"train": (np.zeros((4, 1, 2, 2), np.uint8), np.arange(4) % 2),
-    ...                         "test": (np.zeros((2, 1, 2, 2), np.uint8), np.arange(2))}})
+    >>> _ = write_shards(root, {0: {"train": (np.zeros((4, 1, 2, 2), np.uint8), np.arange(4) % 2),
+    ...                             "test": (np.zeros((2, 1, 2, 2), np.uint8), np.arange(2))}})
     >>> layout = discover(root, (1, 2, 2))
     >>> layout.rows(0, "train"), layout.classes(0), layout.decoded_bytes
     (4, (0, 1), 24)

@@ -1,16 +1,20 @@
-"""Streams larger than memory: a shards stream's tasks read lazily with Ray Data.
+"""Streams larger than memory: a shards stream's tasks read batch by batch, never whole.
 
 With ``stream.storage: streaming`` (or ``auto`` on a large stream, see
 :func:`choose_storage`) a :class:`~llray.data.TaskStream` carries no tensors: it carries
-a :class:`~llray.data.shards.ShardLayout`, and the learner reads a task's rows batch by
-batch from its Parquet shards with a Ray Dataset (``ray.data.read_parquet``, executed by
-Ray Data's streaming executor with ``preserve_order``), so memory holds a shuffle window
-and a few blocks in flight, never a task.
+a :class:`StreamedData` (the :class:`~llray.data.shards.ShardLayout` and how to read it),
+and the learner reads a task's rows batch by batch from its Parquet shards while it
+trains and evaluates, so memory holds a shuffle window and a chunk read ahead, never a
+task. Two readers give the same rows in the same order: ``arrow`` (default) reads the
+files with pyarrow in the learner's process, one chunk ahead on a thread; ``ray_data``
+reads them as a Ray Dataset (``ray.data.read_parquet`` with
+``DataContext.execution_options.preserve_order``), whose read tasks Ray schedules (they
+need CPUs beside the learner actors, and each pass pays the executor's start-up).
 
 Shuffle (one per epoch, drawn from the run's data-order generator ``ctx.generator``):
 
 1. the order of the epoch's files is a ``torch.randperm`` of them;
-2. rows are read in that order (preserved, whatever Ray Data's block layout) and cut into
+2. rows are read in that order (whatever the record batches or Ray Data blocks) and cut into
    windows of ``stream.shuffle_buffer`` rows (rows left over from the previous window's
    last partial batch first); each window is permuted by ``torch.randperm`` and cut into
    batches of ``train.batch_size``; the rows after the last full batch of a window move on
@@ -20,7 +24,7 @@ So an epoch is a pure function of the seed, the config and the files' row counts
 different permutation than the in-memory path's one ``randperm`` over the task (equal in
 distribution when a task fits in one window and one file). Evaluation and the replay
 buffer read splits in their stored order, in batches of exactly ``eval_batch_size`` /
-``batch_size`` rows, so R does not depend on how Ray Data cut the blocks.
+``batch_size`` rows, so R does not depend on how the files were cut into blocks.
 
 Example:
     >>> choose_storage("auto", 10 * 2**20), choose_storage("auto", 5 * 2**30)
@@ -29,8 +33,8 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
