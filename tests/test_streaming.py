@@ -111,6 +111,21 @@ def test_window_shuffle_is_a_seeded_permutation_of_each_epoch(shards):
     assert a[0][0].dtype == torch.uint8  # pixels stay uint8 until the model converts them
 
 
+def test_interleave_mixes_files_into_each_window(shards):
+    """One file at a time: a window of 40 rows (the smallest file) is one file's, so one
+    task's; all six files of tasks 0 and 2 at once: 7 rows from each, so both tasks."""
+    root, _ = shards
+    lay = discover(str(root), SHAPE)
+
+    def first_window_tasks(interleave):
+        g = torch.Generator().manual_seed(0)
+        batches = ShardReader(lay, 40, interleave=interleave).train_batches((0, 2), g, 40)
+        return set(next(iter(batches))[2].tolist())
+
+    assert first_window_tasks(1) in ({0}, {2})
+    assert first_window_tasks(6) == {0, 2}
+
+
 def test_ordered_batches_keep_stored_order_and_never_mix_tasks(shards):
     root, data = shards
     reader = ShardReader(discover(str(root), SHAPE))

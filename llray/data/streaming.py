@@ -14,11 +14,13 @@ need CPUs beside the learner actors, and each pass pays the executor's start-up)
 Shuffle (one per epoch, drawn from the run's data-order generator ``ctx.generator``):
 
 1. the order of the epoch's files is a ``torch.randperm`` of them;
-2. rows are read in that order (whatever the record batches or Ray Data blocks) and cut into
-   windows of ``stream.shuffle_buffer`` rows (rows left over from the previous window's
-   last partial batch first); each window is permuted by ``torch.randperm`` and cut into
-   batches of ``train.batch_size``; the rows after the last full batch of a window move on
-   to the next window; the last window of the epoch also yields its partial batch.
+2. ``m = stream.interleave`` files are read at once: lane ``k`` reads files ``k, k + m,
+   ...`` of that order, and the lanes take turns giving ``ceil(W / m)`` rows each (``W =
+   stream.shuffle_buffer``), whatever the record batches or Ray Data blocks;
+3. that row sequence is cut into windows of ``W`` rows (rows left over from the previous
+   window's last partial batch first); each window is permuted by ``torch.randperm`` and
+   cut into batches of ``train.batch_size``; the rows after the last full batch of a
+   window move on to the next window; the last window also yields its partial batch.
 
 So an epoch is a pure function of the seed, the config and the files' row counts, but a
 different permutation than the in-memory path's one ``randperm`` over the task (equal in
@@ -51,6 +53,7 @@ STORAGES = ("memory", "streaming", "auto")
 #: on a 24 GiB machine.
 AUTO_STREAM_BYTES = 4 * 2**30
 DEFAULT_SHUFFLE_BUFFER = 8192
+DEFAULT_INTERLEAVE = 4
 READERS = ("arrow", "ray_data")
 #: bytes of decoded features per record batch the arrow reader hands over at a time
 CHUNK_BYTES = 2 * 2**20
@@ -74,10 +77,12 @@ class StreamedData:
     layout: ShardLayout
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     reader: str = "arrow"
+    interleave: int = DEFAULT_INTERLEAVE
 
     def open(self, device: torch.device | str = "cpu") -> "ShardReader":
         """A reader of these shards that puts batches on ``device``."""
-        return ShardReader(self.layout, self.shuffle_buffer, device, self.reader)
+        return ShardReader(self.layout, self.shuffle_buffer, device, self.reader,
+                           interleave=self.interleave)
 
     def rows(self, task: int, split: str) -> int:
         return self.layout.rows(task, split)
@@ -104,17 +109,19 @@ class ShardReader:
             chunk ahead on a thread) or ``"ray_data"`` (a Ray Dataset per pass, its read
             tasks scheduled by Ray: they need CPUs beside the learner actors).
         read_cpus: CPUs each Ray Data read task asks for.
+        interleave: files read at once in a training epoch (a window mixes their rows).
     """
 
     def __init__(self, layout: ShardLayout, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
                  device: torch.device | str = "cpu", reader: str = "arrow",
-                 read_cpus: float = 1.0) -> None:
+                 read_cpus: float = 1.0, interleave: int = DEFAULT_INTERLEAVE) -> None:
         assert reader in READERS, reader
         self.reader = reader
         self.layout = layout
         self.shuffle_buffer = shuffle_buffer
         self.device = torch.device(device)
         self.read_cpus = read_cpus
+        self.interleave = interleave
 
     # -- reading -------------------------------------------------------------------------
     def _files(self, tasks: Sequence[int], split: str) -> list[tuple[str, int, int]]:
@@ -184,7 +191,7 @@ class ShardReader:
         window = max(self.shuffle_buffer, batch_size)
         pending: list[tuple[np.ndarray, ...]] = []
         count = 0
-        for chunk in self._chunks(files):
+        for chunk in self._interleaved(files, window):
             pending.append(chunk)
             count += len(chunk[1])
             while count >= window:
@@ -197,6 +204,23 @@ class ShardReader:
         if count:
             x, y, t = (np.concatenate(a) for a in zip(*pending))
             yield from self._window(x, y, t, generator, batch_size, last=True)
+
+    def _interleaved(self, files: list[tuple[str, int, int]], window: int
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``files``' rows, ``interleave`` files at a time: lane ``k`` reads files
+        ``k, k + m, k + 2m, ...`` in order, and the lanes take turns giving
+        ``ceil(window / m)`` rows each, so a shuffle window mixes ``m`` files."""
+        m = max(1, min(self.interleave, len(files)))
+        unit = -(-window // m)
+        lanes = [_rechunk(self._chunks(files[k::m]), unit) for k in range(m)]
+        while lanes:
+            alive = []
+            for lane in lanes:
+                chunk = next(lane, None)
+                if chunk is not None:
+                    yield chunk
+                    alive.append(lane)
+            lanes = alive
 
     def _window(self, x: np.ndarray, y: np.ndarray, t: np.ndarray, generator: torch.Generator,
                 batch_size: int, last: bool):
@@ -243,6 +267,23 @@ class ShardReader:
         xs, ys = (np.concatenate(a) for a in zip(*buf))
         d = self.device
         return torch.from_numpy(np.ascontiguousarray(xs)).to(d), torch.from_numpy(ys).to(d), task
+
+
+def _rechunk(chunks: Iterator[tuple[np.ndarray, ...]], rows: int
+             ) -> Iterator[tuple[np.ndarray, ...]]:
+    """The same rows in chunks of exactly ``rows`` (the last one may be shorter), so what
+    follows does not depend on how a reader cut its record batches."""
+    pending: list[tuple[np.ndarray, ...]] = []
+    count = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        count += len(chunk[0])
+        while count >= rows:
+            joined = tuple(np.concatenate(a) for a in zip(*pending))
+            yield tuple(a[:rows] for a in joined)
+            pending, count = [tuple(a[rows:] for a in joined)], count - rows
+    if count:
+        yield tuple(np.concatenate(a) for a in zip(*pending))
 
 
 def _runs(t: np.ndarray) -> list[int]:

@@ -53,6 +53,7 @@ from llray.data.parquet import load_parquet
 from llray.data.shards import discover, load_split
 from llray.data.stream import Task, TaskStream
 from llray.data.streaming import (
+    DEFAULT_INTERLEAVE,
     DEFAULT_SHUFFLE_BUFFER,
     READERS,
     STORAGES,
@@ -71,7 +72,7 @@ CORE50_KINDS = ("ni", "nc")
 # error rather than silently ignored.
 _PARQUET_ONLY = ("task_column", "standardize")
 _TABLE_ONLY = ("label_column", "feature_columns", "input_shape")  # parquet and shards
-_SHARDS_ONLY = ("shuffle_buffer", "reader")
+_SHARDS_ONLY = ("shuffle_buffer", "reader", "interleave")
 # shards carry their own train/val/test files: options that cut or split tasks do not apply
 _NOT_FOR_SHARDS = ("test_fraction", "val_fraction", "max_train_per_task")
 _FILE_DATASETS = ("parquet", "shards", *IMAGE_DATASETS)  # read from stream.path
@@ -128,6 +129,8 @@ class StreamConfig:
             :mod:`llray.data.streaming`) or ``"auto"`` (default: streaming for a shards
             stream whose decoded features exceed 4 GiB, memory otherwise).
         shuffle_buffer: shards only: rows per shuffle window when streaming (default 8192).
+        interleave: shards only: files read at once when streaming, whose rows each shuffle
+            window mixes (default 4).
         reader: shards only: ``"arrow"`` (default: pyarrow reads the shards in the learner's
             process) or ``"ray_data"`` (a Ray Dataset per pass over the data).
 
@@ -159,6 +162,7 @@ class StreamConfig:
     storage: Literal["memory", "streaming", "auto"] = "auto"
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     reader: Literal["arrow", "ray_data"] = "arrow"
+    interleave: int = DEFAULT_INTERLEAVE
 
     def __post_init__(self) -> None:
         require(self.dataset in DATASETS, "dataset",
@@ -287,6 +291,8 @@ class StreamConfig:
                 f"must be one of {', '.join(READERS)}, got {self.reader!r}")
         require(self.shuffle_buffer >= 1, "shuffle_buffer",
                 f"must be >= 1 row, got {self.shuffle_buffer}")
+        require(self.interleave >= 1, "interleave",
+                f"must be >= 1 file, got {self.interleave}")
         if self.storage == "streaming":
             require(self.dataset == "shards", "storage",
                     f"'streaming' reads Parquet shards lazily: needs dataset 'shards' "
@@ -453,6 +459,7 @@ def _shards_stream(cfg: StreamConfig) -> TaskStream:
         tasks.append(Task(tid, f"task-{layout.task_values[tid]}", x_tr, y_tr, x_te, y_te,
                           layout.classes(tid), x_va, y_va))
     augment = Augmentation(cfg.augment, cfg.crop_padding) if cfg.augment else None
-    source = StreamedData(layout, cfg.shuffle_buffer, cfg.reader) if streamed else None
+    source = (StreamedData(layout, cfg.shuffle_buffer, cfg.reader, cfg.interleave)
+              if streamed else None)
     return TaskStream(tuple(tasks), cfg.scenario_name, cfg.benchmark, tuple(cfg.input_shape),
                       layout.num_classes, augment, source)
