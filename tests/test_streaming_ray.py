@@ -34,9 +34,9 @@ def small_store():
     c.shutdown()
 
 
-def _big_stream(root, small=2000, big=12000):
-    """Task 0 small (it warms every library up), task 1 of ``big`` 64x64x3 uint8 images
-    (~141 MiB decoded), compressible like photos."""
+def _big_stream(root, small=4000, big=12000):
+    """Task 0 small (4 files: it warms every library and reader lane up), task 1 of ``big``
+    64x64x3 uint8 images (~141 MiB decoded), compressible like photos."""
     rng = np.random.default_rng(0)
     protos = rng.integers(0, 256, (4, *BIG), dtype=np.uint8)
     data = {}
@@ -80,7 +80,7 @@ def test_streamed_learner_stays_under_a_cap_below_the_stream_size(small_store, t
     ray.kill(actor)
     print(f"task 1: {big / 2**20:.0f} MiB decoded; learner peak RSS {before / 2**20:.0f} MiB "
           f"before it, {peak / 2**20:.0f} MiB after")
-    assert step[0] == 2 and result.status == "ok" and result.samples_trained == 2000 + 12000
+    assert step[0] == 2 and result.status == "ok" and result.samples_trained == 4000 + 12000
     assert result.R[-1, 1] > 0.9  # it learnt the streamed task
     assert peak - before < big // 4, f"peak RSS grew {(peak - before) / 2**20:.0f} MiB"
 
