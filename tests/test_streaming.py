@@ -261,6 +261,7 @@ def test_bad_shards_exit_2_naming_the_file(tmp_path, capsys, breakage, field):
     ({"storage": "disk"}, "naive", None, "stream.storage"),
     ({"shuffle_buffer": 0}, "naive", None, "stream.shuffle_buffer"),
     ({"reader": "spark"}, "naive", None, "stream.reader"),
+    ({"interleave": 0}, "naive", None, "stream.interleave"),
     ({"input_shape": [3, 8, 9]}, "naive", None, "stream.input_shape"),
     ({"num_tasks": 4}, "naive", None, "stream.num_tasks"),
     ({"val_fraction": 0.2}, "naive", None, "stream.val_fraction"),
@@ -283,3 +284,7 @@ def test_streaming_needs_shards():
     with pytest.raises(ConfigError, match="needs dataset 'shards'") as e:
         StreamConfig(dataset="digits", storage="streaming")
     assert e.value.field == "storage"
+    for name, value in (("interleave", 2), ("shuffle_buffer", 10), ("reader", "ray_data")):
+        with pytest.raises(ConfigError, match="only used with dataset 'shards'") as e:
+            StreamConfig(dataset="digits", **{name: value})
+        assert e.value.field == name
