@@ -33,8 +33,8 @@ from torch import nn
 
 from llray import seeding
 from llray.data.augment import Augmenter
-from llray.data.streaming import check_streamable
 from llray.data.stream import TaskStream
+from llray.data.streaming import check_streamable
 from llray.errors import Diverged
 from llray.strategies.base import Context, Strategy, TrainConfig
 
