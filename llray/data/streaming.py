@@ -172,9 +172,9 @@ class ShardReader:
         _ray_data_context()
         lay = self.layout
         ds = ray.data.read_parquet(
-            [p for p, _, _ in files], filesystem=lay.filesystem,
-            columns=[lay.x_column, lay.label_column], partitioning=None, file_extensions=None,
-            ray_remote_args={"num_cpus": self.read_cpus})
+            [p for p, _, _ in files], filesystem=lay.filesystem, partitioning=None,
+            file_extensions=None, num_cpus=self.read_cpus,
+        ).select_columns([lay.x_column, lay.label_column])
         return ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
 
     # -- training --------------------------------------------------------------------------
