@@ -34,6 +34,7 @@ from torch import nn
 from llray import seeding
 from llray.data.augment import Augmenter
 from llray.data.stream import TaskStream
+from llray.data.streaming import check_streamable
 from llray.errors import Diverged
 from llray.strategies.base import Context, Strategy, TrainConfig
 
@@ -90,6 +91,7 @@ class LifelongRun:
         self.stream = stream.to(self.device)
         self.strategy = strategy
         self.augmenter = Augmenter(stream.augment, seed) if stream.augment else None
+        check_streamable(stream, strategy.name)
         self.ctx = Context(
             stream_info=self.stream,
             train=train,
@@ -98,13 +100,14 @@ class LifelongRun:
             strategy_generator=seeding.generator(seed, seeding.STRATEGY),
             class_mask=self.stream.class_mask(self.device) if stream.scenario == "task" else None,
             augment=self.augmenter,
+            reader=stream.streamed.open(self.device) if stream.streamed is not None else None,
         )
         self.model = strategy.setup(model.to(self.device), self.ctx)
         self.R = np.full((T + 1, T), np.nan)
-        self.n_test = np.array([len(self.stream.tasks[i].y_test) for i in self.order])
+        self.n_test = np.array([self.stream.size(i, "test") for i in self.order])
         self.has_val = self.stream.has_val
         self.R_val = np.full((T + 1, T), np.nan) if self.has_val else None
-        self.n_val = np.array([len(self.stream.tasks[i].y_val) for i in self.order])
+        self.n_val = np.array([self.stream.size(i, "val") for i in self.order])
         self.step = 0  # tasks learned so far
         self.status = "ok"
         self.error: str | None = None
@@ -122,6 +125,9 @@ class LifelongRun:
         row of R (or of R_val)."""
         self.model.eval()
         bs = self.ctx.train.eval_batch_size
+        n = self.n_test if split == "test" else self.n_val
+        if self.ctx.reader is not None:
+            return self._evaluate_streamed(split, bs) / np.maximum(n, 1)
         correct = []
         for tid in self.order:
             x, y = self.stream.tasks[tid].split(split)
@@ -130,8 +136,16 @@ class LifelongRun:
                 scores = self.strategy.predict(self.model, x[i : i + bs], tid, self.ctx)
                 c += (scores.argmax(1) == y[i : i + bs]).sum()
             correct.append(c)
-        n = self.n_test if split == "test" else self.n_val
         return torch.stack(correct).cpu().numpy() / np.maximum(n, 1)
+
+    def _evaluate_streamed(self, split: str, bs: int) -> np.ndarray:
+        """Correct predictions per order position, the splits read batch by batch."""
+        pos = {tid: k for k, tid in enumerate(self.order)}
+        correct = torch.zeros(len(self.order), dtype=torch.long, device=self.device)
+        for x, y, tid in self.ctx.reader.ordered_batches(self.order, split, bs):
+            scores = self.strategy.predict(self.model, x, tid, self.ctx)
+            correct[pos[tid]] += (scores.argmax(1) == y).sum()
+        return correct.cpu().numpy()
 
     def _evaluate_row(self, i: int) -> None:
         """Fill row ``i`` of R (and of R_val when the stream has validation splits)."""

@@ -131,6 +131,10 @@ def _sweep(args, cfg, specs, output, ckpt, options, timing) -> list:
     from llray.distributed.session import alive_nodes, connect, storage_warnings
 
     stream = make_stream(cfg.stream)
+    from llray.data.streaming import check_streamable
+
+    for spec in specs:  # a streamed stream: only minibatch strategies, no packs (exit 2)
+        check_streamable(stream, spec.strategy.name, spec.resources.pack)
     t0 = time.perf_counter()
     connect(args.address, args.num_cpus, dashboard=getattr(args, "dashboard", False))
     timing["ray start"] = time.perf_counter() - t0

@@ -21,11 +21,15 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from llray.data.augment import Augmentation
+
+if TYPE_CHECKING:
+    from llray.data.streaming import StreamedData
 
 SCENARIOS = ("task", "domain", "class")
 
@@ -94,6 +98,9 @@ class TaskStream:
     input_shape: tuple[int, ...]
     num_classes: int  # width of the model's output layer
     augment: Augmentation | None = None  # applied to training batches (llray.data.augment)
+    # set when the tasks are read batch by batch from Parquet shards (llray.data.streaming):
+    # the tasks' tensors are then empty and the learner reads through ``streamed``
+    streamed: "StreamedData | None" = None
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -115,7 +122,15 @@ class TaskStream:
     @property
     def has_val(self) -> bool:
         """True when every task has a non-empty validation split."""
+        if self.streamed is not None:
+            return self.streamed.layout.has_val
         return all(len(t.y_val) > 0 for t in self.tasks)
+
+    def size(self, task: int, split: str) -> int:
+        """Rows of ``task``'s ``split`` (``"train"``, ``"val"`` or ``"test"``), streamed or not."""
+        if self.streamed is not None:
+            return self.streamed.rows(task, split)
+        return len(getattr(self.tasks[task], f"y_{split}"))
 
     def to(self, device: torch.device | str) -> "TaskStream":
         return replace(self, tasks=tuple(t.to(device) for t in self.tasks))

@@ -50,10 +50,19 @@ from llray.data.datasets import (
     standardize,
 )
 from llray.data.parquet import load_parquet
-from llray.data.stream import TaskStream
+from llray.data.shards import discover, load_split
+from llray.data.stream import Task, TaskStream
+from llray.data.streaming import (
+    DEFAULT_INTERLEAVE,
+    DEFAULT_SHUFFLE_BUFFER,
+    READERS,
+    STORAGES,
+    StreamedData,
+    choose_storage,
+)
 from llray.errors import ConfigError
 
-DATASETS = ("digits", "mnist1d", *IMAGE_DATASETS, "parquet")
+DATASETS = ("digits", "mnist1d", *IMAGE_DATASETS, "parquet", "shards")
 KINDS = ("permuted", "rotated", "split", "tasks", "ni", "nc")
 DEFAULT_SCENARIO = {"permuted": "domain", "rotated": "domain", "split": "class",
                     "ni": "domain", "nc": "class"}
@@ -61,8 +70,12 @@ CORE50_KINDS = ("ni", "nc")
 
 # Options that only mean something for one dataset or kind: setting them elsewhere is an
 # error rather than silently ignored.
-_PARQUET_ONLY = ("label_column", "task_column", "feature_columns", "input_shape", "standardize")
-_FILE_DATASETS = ("parquet", *IMAGE_DATASETS)  # read from stream.path
+_PARQUET_ONLY = ("task_column", "standardize")
+_TABLE_ONLY = ("label_column", "feature_columns", "input_shape")  # parquet and shards
+_SHARDS_ONLY = ("shuffle_buffer", "reader", "interleave")
+# shards carry their own train/val/test files: options that cut or split tasks do not apply
+_NOT_FOR_SHARDS = ("test_fraction", "val_fraction", "max_train_per_task")
+_FILE_DATASETS = ("parquet", "shards", *IMAGE_DATASETS)  # read from stream.path
 _ONLY_FOR_KIND = {"max_angle": ("rotated",), "angles": ("rotated",),
                   "shuffle_classes": ("split", "nc")}
 
@@ -77,7 +90,9 @@ class StreamConfig:
             datasets ``"mnist"``, ``"fashionmnist"`` (``(1, 28, 28)``), ``"cifar10"``,
             ``"cifar100"`` (``(3, 32, 32)``), ``"tinyimagenet"`` (``(3, 64, 64)``, 200
             classes), ``"core50"`` (``(3, 128, 128)``, 50 objects) from local files (uint8
-            pixels, seen by the model in [0, 1]), or ``"parquet"``.
+            pixels, seen by the model in [0, 1]), ``"parquet"``, or ``"shards"`` (Parquet
+            files in ``task=<t>/split=<train|val|test>/`` folders, read whole or streamed
+            batch by batch: :mod:`llray.data.shards`, :mod:`llray.data.streaming`).
         kind: ``"permuted"``, ``"rotated"`` (square images only), ``"split"`` (classes
             partitioned among tasks), ``"tasks"`` (a parquet table's task column), or for
             core50 only ``"ni"`` (a task per training session) and ``"nc"`` (a task per
@@ -109,6 +124,15 @@ class StreamConfig:
             zero padding) and/or ``flip`` (horizontal, p = 1/2); image streams only. See
             :mod:`llray.data.augment`.
         crop_padding: pixels of zero padding on each side for ``crop`` (default 4).
+        storage: ``"memory"`` (every task's tensors in memory and in the object store),
+            ``"streaming"`` (dataset ``shards`` only: read batch by batch, see
+            :mod:`llray.data.streaming`) or ``"auto"`` (default: streaming for a shards
+            stream whose decoded features exceed 4 GiB, memory otherwise).
+        shuffle_buffer: shards only: rows per shuffle window when streaming (default 8192).
+        interleave: shards only: files read at once when streaming, whose rows each shuffle
+            window mixes (default 4).
+        reader: shards only: ``"arrow"`` (default: pyarrow reads the shards in the learner's
+            process) or ``"ray_data"`` (a Ray Dataset per pass over the data).
 
     Example:
         >>> StreamConfig(kind="split").scenario_name
@@ -135,6 +159,10 @@ class StreamConfig:
     standardize: bool = False
     augment: tuple[str, ...] = ()
     crop_padding: int = 4
+    storage: Literal["memory", "streaming", "auto"] = "auto"
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
+    reader: Literal["arrow", "ray_data"] = "arrow"
+    interleave: int = DEFAULT_INTERLEAVE
 
     def __post_init__(self) -> None:
         require(self.dataset in DATASETS, "dataset",
@@ -150,6 +178,7 @@ class StreamConfig:
         self._check_sizes()
         self._check_kind()
         self._check_augment()
+        self._check_storage()
 
     def _check_augment(self) -> None:
         bad = [a for a in self.augment if a not in AUGMENTATIONS]
@@ -170,6 +199,14 @@ class StreamConfig:
         changed = {k for k, v in defaults.items() if getattr(self, k) != v}
         for name in changed & set(_PARQUET_ONLY):
             require(self.dataset == "parquet", name, "is only used with dataset 'parquet'")
+        for name in changed & set(_TABLE_ONLY):
+            require(self.dataset in ("parquet", "shards"), name,
+                    "is only used with dataset 'parquet' or 'shards'")
+        for name in changed & set(_SHARDS_ONLY):
+            require(self.dataset == "shards", name, "is only used with dataset 'shards'")
+        for name in changed & set(_NOT_FOR_SHARDS):
+            require(self.dataset != "shards", name, "does not apply to dataset 'shards' (its "
+                    "task=<t>/split=<train|val|test> folders give the splits)")
         if "path" in changed:
             require(self.dataset in _FILE_DATASETS, "path",
                     f"is only used with dataset 'parquet' and the image datasets "
@@ -184,6 +221,8 @@ class StreamConfig:
                     f"is only used with kind {' or '.join(repr(k) for k in kinds)}")
         if "num_samples" in changed:
             require(self.dataset == "mnist1d", "num_samples", "is only used with dataset 'mnist1d'")
+        if self.dataset == "shards":
+            self._check_shards()
         if self.dataset == "parquet":
             require(bool(self.path), "path",
                     "dataset 'parquet' needs the path of a file or directory")
@@ -228,10 +267,36 @@ class StreamConfig:
             require(self.num_tasks <= CORE50_OBJECTS, "num_tasks",
                     f"'nc' has {CORE50_OBJECTS} objects, so at most {CORE50_OBJECTS} tasks")
         if self.kind == "tasks":
-            require(self.dataset == "parquet", "kind",
-                    "'tasks' reads a table's task column: needs dataset 'parquet'")
+            require(self.dataset in ("parquet", "shards"), "kind",
+                    "'tasks' reads a table's task column or shards' task folders: needs "
+                    "dataset 'parquet' or 'shards'")
             require(self.scenario is not None, "scenario",
                     "kind 'tasks' needs an explicit scenario: task, domain or class")
+
+    def _check_shards(self) -> None:
+        require(bool(self.path), "path", "dataset 'shards' needs the directory (or URI) of the "
+                "task=<t>/split=<s>/*.parquet files")
+        require(self.kind == "tasks", "kind", "dataset 'shards' has a task per task=<t> folder: "
+                "set kind: tasks")
+        require(self.input_shape is not None, "input_shape",
+                "dataset 'shards' needs the shape of a row's features, e.g. [3, 64, 64]")
+        require(self.feature_columns is None or len(self.feature_columns) == 1,
+                "feature_columns", "dataset 'shards' reads one feature column (binary pixels or "
+                "a list per row)")
+
+    def _check_storage(self) -> None:
+        require(self.storage in STORAGES, "storage",
+                f"must be one of {', '.join(STORAGES)}, got {self.storage!r}")
+        require(self.reader in READERS, "reader",
+                f"must be one of {', '.join(READERS)}, got {self.reader!r}")
+        require(self.shuffle_buffer >= 1, "shuffle_buffer",
+                f"must be >= 1 row, got {self.shuffle_buffer}")
+        require(self.interleave >= 1, "interleave",
+                f"must be >= 1 file, got {self.interleave}")
+        if self.storage == "streaming":
+            require(self.dataset == "shards", "storage",
+                    f"'streaming' reads Parquet shards lazily: needs dataset 'shards' "
+                    f"(dataset {self.dataset!r} is read into memory)")
 
     @property
     def shape(self) -> tuple[int, ...] | None:
@@ -248,7 +313,7 @@ class StreamConfig:
         """``"{kind}-{dataset}"``, the dataset part being the file or directory name for
         parquet, e.g. ``"permuted-digits"`` or ``"split-mytable"``."""
         name = self.dataset
-        if self.dataset == "parquet" and self.path:
+        if self.dataset in ("parquet", "shards") and self.path:
             base = os.path.basename(os.path.normpath(self.path))
             name = base[: -len(".parquet")] if base.endswith(".parquet") else base
         return f"{self.kind}-{name}"
@@ -266,6 +331,8 @@ def make_stream(cfg: StreamConfig) -> TaskStream:
         >>> s.num_classes, s.tasks[1].classes[:3], tuple(s.tasks[0].x_train.shape[1:])
         (20, (10, 11, 12), (1, 8, 8))
     """
+    if cfg.dataset == "shards":
+        return _shards_stream(cfg)
     if cfg.dataset == "core50":
         parts, num_classes, shape = _core50_parts(cfg), CORE50_OBJECTS, BUILTIN_SHAPES["core50"]
     else:
@@ -368,3 +435,31 @@ def _core50_parts(cfg: StreamConfig) -> list[sc.Part]:
         parts.append(sc.Part(f"objects-[{','.join(str(o) for o in g)}]", x[tr], y[tr], x[te],
                              y[te]))
     return parts
+
+
+def _shards_stream(cfg: StreamConfig) -> TaskStream:
+    """A shards stream: streamed (tensors left empty, :class:`StreamedData` attached) or,
+    when ``storage`` resolves to memory, every split read whole."""
+    assert cfg.path is not None and cfg.input_shape is not None
+    x_column = cfg.feature_columns[0] if cfg.feature_columns else "x"
+    layout = discover(cfg.path, tuple(cfg.input_shape), x_column, cfg.label_column)
+    if layout.num_tasks != cfg.num_tasks:
+        raise ConfigError("stream.num_tasks", f"{cfg.path!r} has {layout.num_tasks} task folders, "
+                                              f"the config says {cfg.num_tasks}")
+    streamed = choose_storage(cfg.storage, layout.decoded_bytes) == "streaming"
+    tasks = []
+    for tid in range(layout.num_tasks):
+        if streamed:
+            empty = torch.zeros((0, *layout.input_shape), dtype=getattr(torch, layout.dtype))
+            arrays = [empty, torch.zeros(0, dtype=torch.long)] * 3
+        else:
+            arrays = [torch.from_numpy(a) for s in ("train", "test", "val")
+                      for a in load_split(layout, tid, s)]
+        x_tr, y_tr, x_te, y_te, x_va, y_va = arrays
+        tasks.append(Task(tid, f"task-{layout.task_values[tid]}", x_tr, y_tr, x_te, y_te,
+                          layout.classes(tid), x_va, y_va))
+    augment = Augmentation(cfg.augment, cfg.crop_padding) if cfg.augment else None
+    source = (StreamedData(layout, cfg.shuffle_buffer, cfg.reader, cfg.interleave)
+              if streamed else None)
+    return TaskStream(tuple(tasks), cfg.scenario_name, cfg.benchmark, tuple(cfg.input_shape),
+                      layout.num_classes, augment, source)

@@ -21,6 +21,7 @@ import torch
 
 from llray.data import Task, TaskStream
 from llray.data.augment import Augmentation
+from llray.data.streaming import StreamedData
 
 _ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 _VAL = ("x_val", "y_val")  # the validation split travels with the task
@@ -39,6 +40,7 @@ class StreamHandle:
     num_classes: int
     nbytes: int  # bytes of all task arrays: one copy of the stream
     augment: Augmentation | None = None  # the stream's training-batch augmentation
+    streamed: StreamedData | None = None  # shards read batch by batch (no tensors above)
 
     @property
     def num_tasks(self) -> int:
@@ -62,6 +64,7 @@ def put_stream(stream: TaskStream) -> StreamHandle:
         num_classes=stream.num_classes,
         nbytes=nbytes,
         augment=stream.augment,
+        streamed=stream.streamed,
     )
 
 
@@ -74,7 +77,7 @@ def get_stream(handle: StreamHandle) -> TaskStream:
         for i, p in enumerate(payloads)
     )
     return TaskStream(tasks, handle.scenario, handle.benchmark, handle.input_shape,
-                      handle.num_classes, handle.augment)
+                      handle.num_classes, handle.augment, handle.streamed)
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:

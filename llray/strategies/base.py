@@ -98,6 +98,8 @@ class Context:
     # every strategy draw; None: derived from ``generator``'s seed (``derive(seed, "strategy")``)
     strategy_generator: torch.Generator | None = None
     augment: Callable[[Tensor], Tensor] | None = None  # training-batch augmentation
+    # a streamed stream's reader (llray.data.streaming.ShardReader); None: tasks in memory
+    reader: Any = None
 
     def __post_init__(self) -> None:
         if self.strategy_generator is None:
@@ -184,7 +186,11 @@ class Strategy:
         """Called after training on ``task`` (consolidation, buffer update, ...)."""
 
     def train_task(self, model: nn.Module, task: Task, ctx: Context) -> None:
-        """Minibatch training on ``task`` with :meth:`loss` (:meth:`fit`); Diverged on NaN."""
+        """Minibatch training on ``task`` with :meth:`loss` (:meth:`fit`, or
+        :meth:`fit_streamed` when the stream is read from shards); Diverged on NaN."""
+        if ctx.reader is not None:
+            self.fit_streamed(model, (task.id,), task, ctx)
+            return
         self.fit(model, task.x_train, task.y_train, task.id, task, ctx)
 
     def fit(
@@ -196,20 +202,45 @@ class Strategy:
         touched, not even by weight decay or momentum); :meth:`before_step` sees each
         step's gradients before the optimizer applies them.
         """
+        per_sample_t = isinstance(t, Tensor)
+
+        def epoch() -> Iterator[tuple[Tensor, Tensor, int | Tensor]]:
+            for idx in ctx.batches(len(y)):
+                yield x[idx], y[idx], (t[idx] if per_sample_t else t)
+
+        self._fit_epochs(model, epoch, task, ctx)
+
+    def fit_streamed(
+        self, model: nn.Module, task_ids: tuple[int, ...], task: Task, ctx: Context
+    ) -> None:
+        """:meth:`fit` over the training rows of ``task_ids`` read batch by batch from
+        shards (``ctx.reader``, :mod:`llray.data.streaming`), shuffled per epoch from the
+        data-order generator; rows keep their own task ids when there are several tasks."""
+
+        def epoch() -> Iterator[tuple[Tensor, Tensor, int | Tensor]]:
+            for bx, by, bt in ctx.reader.train_batches(task_ids, ctx.generator,
+                                                       ctx.train.batch_size):
+                yield bx, by, (bt if len(task_ids) > 1 else task.id)
+
+        self._fit_epochs(model, epoch, task, ctx)
+
+    def _fit_epochs(self, model: nn.Module, epoch: Callable[[], Iterator], task: Task,
+                    ctx: Context) -> None:
+        """``train.epochs`` passes of ``epoch()``'s ``(x, y, t)`` batches on ``self.loss``."""
         params = [p for p in model.parameters() if p.requires_grad]
         opt = ctx.optimizer(params)
-        per_sample_t = isinstance(t, Tensor)
         for _ in range(ctx.train.epochs):
             total = torch.zeros((), device=ctx.device)
-            for idx in ctx.batches(len(y)):
-                bt = t[idx] if per_sample_t else t
-                loss = self.loss(model, Batch(ctx.augmented(x[idx]), y[idx], bt), task, ctx)
+            n = 0
+            for bx, by, bt in epoch():
+                loss = self.loss(model, Batch(ctx.augmented(bx), by, bt), task, ctx)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.before_step(model, params, ctx)
                 opt.step()
                 total += loss.detach()
-            ctx.samples_trained += len(y)
+                n += len(by)
+            ctx.samples_trained += n
             ctx.check_finite(total)
 
     def before_step(self, model: nn.Module, params: list[nn.Parameter], ctx: Context) -> None:

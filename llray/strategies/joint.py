@@ -16,12 +16,17 @@ class Joint(Strategy):
     keeping its own task id (so task-IL masking stays per sample). Still fills one R
     row after each task, which makes it the upper bound that every report shows next
     to naive fine-tuning (Lopez-Paz & Ranzato 2017, "single" vs "multi-task" baselines).
+    On a streamed stream the union is read from the seen tasks' shards, shuffled together
+    (:mod:`llray.data.streaming`), never held in memory.
     """
 
     name = "joint"
 
     def train_task(self, model: nn.Module, task: Task, ctx: Context) -> None:
         tasks = [*ctx.seen, task]
+        if ctx.reader is not None:  # streamed: one pass reads the union's shards
+            self.fit_streamed(model, tuple(t.id for t in tasks), task, ctx)
+            return
         x = torch.cat([t.x_train for t in tasks])
         y = torch.cat([t.y_train for t in tasks])
         tid = torch.cat([torch.full_like(t.y_train, t.id) for t in tasks])

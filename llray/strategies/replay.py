@@ -73,7 +73,9 @@ class Replay(Strategy):
     The memory is filled *after* each task (``after_task``) by running reservoir
     sampling over that task's training samples, so a training step never writes to it
     and costs the same however many tasks were seen. During task ``k`` the memory holds
-    a uniform sample of tasks ``1..k−1``.
+    a uniform sample of tasks ``1..k−1``. A streamed task (:mod:`llray.data.streaming`)
+    is offered batch by batch in its stored order, which leaves exactly the memory that
+    offering it whole in that order would.
 
     Example:
         >>> from llray.strategies import make_strategy
@@ -118,6 +120,11 @@ class Replay(Strategy):
     def after_task(self, model: nn.Module, task: Task, ctx: Context) -> None:
         if self.buffer is None:
             self.setup(model, ctx)
+        if ctx.reader is not None:  # streamed: Algorithm R over the rows in stored order
+            for x, y, _ in ctx.reader.ordered_batches((task.id,), "train",
+                                                      ctx.train.eval_batch_size):
+                self.buffer.add(x, y, task.id, ctx.strategy_generator)
+            return
         self.buffer.add(task.x_train, task.y_train, task.id, ctx.strategy_generator)
 
     def state_dict(self) -> dict:
