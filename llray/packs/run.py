@@ -115,6 +115,8 @@ class PackRun:
     def _fill_rows(self, runs: Sequence[int], step_of) -> dict[int, np.ndarray]:
         """Evaluate ``runs`` and write their R (and R_val) row ``step_of(member)``; the
         test rows."""
+        if not runs:
+            return {}  # (evaluating nobody would still run every task through the pack)
         rows = self.evaluate(runs)
         val = self.evaluate(runs, "val") if self.members[0].R_val is not None else {}
         for k, row in rows.items():

@@ -179,6 +179,7 @@ class PackStrategy:
             self.epoch_start(runs, steps, S)
             on_all = cpu_valid.all(-1).all(0).tolist()  # [S]: every run steps on a full batch
             on = valid.any(-1)  # [K, S]
+            host_on = cpu_valid.any(-1).T.tolist()  # [S][K]: the same, on the host
             total = torch.zeros(self.K, device=self.device)
             for s in range(S):
                 i = idx[:, s]
@@ -192,7 +193,7 @@ class PackStrategy:
                 opt.zero_grad()
                 losses.sum().backward()
                 self.before_step(batch, s, m)
-                opt.step(m)
+                opt.step(None if full else host_on[s])
                 self.after_step(m)
                 total += losses.detach()
             for k in runs:
