@@ -171,10 +171,13 @@ class PackStrategy:
                                     for k in range(self.K)], n)
         X, Y, TT = pick(0), pick(1), pick(2)  # [K, N, *in], [K, N], [K, N]
         opt = packed_optimizer(self.params(), [m.ctx.train for m in self.members], self.device)
-        ar = self.arange.unsqueeze(1)
+        # flat views: a step's batch is one index_select of the runs' rows (k·n + i)
+        Xf, Yf, Tf = X.reshape(self.K * n, *X.shape[2:]), Y.reshape(-1), TT.reshape(-1)
+        offset = (self.arange * n).view(-1, 1, 1)
         for _ in range(self.train.epochs):
             idx, valid, cpu_valid = self.plan(runs, sizes)
-            S = idx.shape[1]
+            S, B = idx.shape[1], idx.shape[2]
+            flat = (idx + offset).transpose(0, 1).reshape(S, self.K * B)  # [S, K·B]
             self.real = cpu_valid.sum(-1)  # [K, S] real samples per run and step (CPU)
             steps = {k: int(cpu_valid[k].any(-1).sum()) for k in runs}
             self.epoch_start(runs, steps, S)
@@ -183,9 +186,11 @@ class PackStrategy:
             host_on = cpu_valid.any(-1).T.tolist()  # [S][K]: the same, on the host
             total = torch.zeros(self.K, device=self.device)
             for s in range(S):
-                i = idx[:, s]
+                i = flat[s]
                 full = on_all[s]
-                batch = PackBatch(X[ar, i], Y[ar, i], TT[ar, i],
+                batch = PackBatch(Xf.index_select(0, i).view(self.K, B, *X.shape[2:]),
+                                  Yf.index_select(0, i).view(self.K, B),
+                                  Tf.index_select(0, i).view(self.K, B),
                                   None if full else valid[:, s].to(X.dtype))
                 losses = self.loss(batch, s)
                 m = None if full else on[:, s]
