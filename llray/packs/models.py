@@ -111,8 +111,20 @@ class PackedModel(nn.Module):
         return self._convnet(x)
 
     def forward_shared(self, x: Tensor) -> Tensor:  # [B, *in] (every run) -> [K, B, C]
-        """Every run on the same inputs (evaluation)."""
-        return self(x.unsqueeze(0).expand(self.K, *x.shape))
+        """Every run on the same inputs (evaluation). For the MLP the first layer is one
+        matmul of the shared inputs with all runs' weights side by side (``[B, in] @
+        [in, K·out]``) instead of a batched matmul over K copies of the inputs; without
+        autograd the ReLUs run in place."""
+        if self.cfg.name != "mlp":
+            return self(x.unsqueeze(0).expand(self.K, *x.shape))
+        ps = list(self.params)
+        B = x.shape[0]
+        h = F.linear(x.reshape(B, -1), ps[0].reshape(-1, ps[0].shape[2]), ps[1].reshape(-1))
+        h = h.view(B, self.K, -1).transpose(0, 1)  # [K, B, out] (a view, no copy)
+        relu = torch.relu if torch.is_grad_enabled() else torch.relu_
+        for i in range(2, len(ps), 2):
+            h = batched_linear(relu(h), ps[i], ps[i + 1])
+        return h
 
     def _mlp(self, h: Tensor) -> Tensor:
         ps = list(self.params)
