@@ -258,23 +258,33 @@ class _Quadratic(PackStrategy):
         anc = {n: torch.stack([m.strategy.anchor.get(n, zero[n]) if k in used else zero[n]
                                for k, m in enumerate(self.members)]) for n in names}
         self.state = (names, imp, anc, self.vec(self.scale_field, used))
+        self._weigh()
+
+    def _weigh(self) -> None:
+        """The gradient's weight ``2 scale_k Ω_k`` and buffers for ``θ − θ*`` and the
+        gradient (large temporaries allocated every step cost more than the arithmetic)."""
+        names, imp, anc, scale = self.state
+        self._w2 = {n: imp[n] * (2 * scale).view(-1, *([1] * (imp[n].dim() - 1)))
+                    for n in names}
+        self._d = {n: torch.empty_like(imp[n]) for n in names}
+        self._g = {n: torch.empty_like(imp[n]) for n in names}
 
     @torch.no_grad()
     def penalty(self) -> Tensor | None:
-        """``[K]`` values of the penalty at the current weights (no autograd); keeps
-        ``Ω (θ − θ*)`` per parameter for :meth:`before_step`."""
+        """``[K]`` values of the penalty at the current weights (no autograd); leaves its
+        gradient ``2 scale Ω (θ − θ*)`` per parameter for :meth:`before_step`."""
         if self.state is None:
             return None
-        names, imp, anc, scale = self.state
+        names, _, anc, _ = self.state
         pm = self.pack.model.named()
         total = torch.zeros(self.K, device=self.device)
-        self._grads = {}
         for n in names:
-            d = pm[n] - anc[n]
-            g = imp[n] * d  # [K, *shape]
-            total += torch.linalg.vecdot(g.reshape(self.K, -1), d.reshape(self.K, -1))
-            self._grads[n] = g
-        return scale * total
+            d, g = self._d[n], self._g[n]
+            torch.sub(pm[n], anc[n], out=d)
+            torch.mul(self._w2[n], d, out=g)
+            total += torch.linalg.vecdot(g.view(self.K, -1), d.view(self.K, -1))
+        self._grads = self._g
+        return 0.5 * total
 
     def loss(self, batch, s):
         ce = super().loss(batch, s)
@@ -285,16 +295,14 @@ class _Quadratic(PackStrategy):
     def before_step(self, batch, s, on):
         if self.state is None or self._grads is None:
             return
-        scale = self.state[3]
         for n, p in self.pack.model.named().items():
             g = self._grads.get(n)
             if g is None:
                 continue
-            two_scale = (2 * scale).view(-1, *([1] * (p.dim() - 1)))
             if p.grad is None:
-                p.grad = g * two_scale
+                p.grad = g.clone()
             else:
-                p.grad.addcmul_(g, two_scale)
+                p.grad.add_(g)
         self._grads = None
 
 
@@ -312,6 +320,7 @@ class PackEWC(_Quadratic):
         if self.state is not None:
             names, imp, anc, lam = self.state
             self.state = (names, imp, anc, 0.5 * lam)
+            self._weigh()
             self.const = 0.5 * lam * torch.tensor(
                 [float(m.strategy.const) for m in self.members], device=self.device)
 
