@@ -5,26 +5,31 @@ import sys
 
 import pytest
 
-# In a fresh process (the allocator is per process): bytes of a new 24 MiB tensor that
+from llray.packs import malloc
+
+# In a fresh process (the allocator is per process): bytes of a new 24 MiB block that
 # glibc serves by mmap (then faulted in page by page and unmapped when freed).
 SCRIPT = """
-import ctypes, sys, torch
-from llray.packs.malloc import keep_large_blocks
+import ctypes, importlib.util, sys
+spec = importlib.util.spec_from_file_location("malloc", sys.argv[2])  # without torch
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks",
                 "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
 if sys.argv[1] == "1":
-    assert keep_large_blocks()
+    assert mod.keep_large_blocks()
+libc.malloc.restype = ctypes.c_void_p
 before = libc.mallinfo2().hblkhd
-t = torch.ones(6 * 1024 * 1024)
+block = libc.malloc(24 * 1024 * 1024)
 print(libc.mallinfo2().hblkhd - before)
 """
 
 
 def mmapped(tuned: bool) -> int:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, "1" if tuned else "0"],
+    out = subprocess.run([sys.executable, "-c", SCRIPT, "1" if tuned else "0", malloc.__file__],
                          capture_output=True, text=True, check=True)
     return int(out.stdout.split()[-1])
 
