@@ -39,7 +39,8 @@ def test_pack_fisher_equals_each_runs_own_within_1e_5(kind, task_il):
                 labels[k, i:j] = sample_labels(logits[k, i:j], gen)
             drawn[k] = labels[k, : n[k]]
     got = pack_fisher(pm, x, y, t, n, kind, class_mask, labels, chunk=16)
-    mask = None if class_mask is None else (lambda out, tt: out.masked_fill(~class_mask[tt], MASKED))
+    mask = None if class_mask is None else (
+        lambda out, tt: out.masked_fill(~class_mask[tt], MASKED))
     for k, m in enumerate(models):
         xs, ys = x[k, : n[k]], y[k, : n[k]]
         if kind == "sampled":  # the same draws as the run alone: its generator, its chunks

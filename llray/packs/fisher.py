@@ -7,7 +7,8 @@ compute with ``vmap`` over samples of ``jacrev``/``grad``, run after run). For a
 outer products ``δ aᵀ`` of the gradient ``δ`` at a layer's output and its input ``a``
 (Goodfellow 2015, "Efficient per-example gradient computations"), so
 
-    F_W = 1/N Σ_n Σ_c w_nc (δ_nc aᵀ_n)² = 1/N (Σ_c w_nc δ_nc²)ᵀ a_n²,   F_b = 1/N Σ_n Σ_c w_nc δ_nc²
+    F_W = 1/N Σ_n Σ_c w_nc (δ_nc aᵀ_n)² = 1/N (Σ_c w_nc δ_nc²)ᵀ a_n²
+    F_b = 1/N Σ_n Σ_c w_nc δ_nc²
 
 exactly as the single-run fast path computes it. Here ``δ`` is back-propagated by hand
 for the whole pack with batched matmuls (``[K, samples·classes, out] @ [K, out, in]``):
@@ -17,7 +18,8 @@ logits get no gradient), then ``δ ← (δ W) ⊙ 1[z > 0]`` through each hidden
 Kinds (as in :mod:`llray.strategies._fisher`): ``"exact"`` weighs every class ``c`` by
 the model's probability ``w_nc = p_c(x_n)``; ``"empirical"`` takes the true label with
 weight 1; ``"sampled"`` one label drawn from ``p(·|x_n)``, drawn by the caller from each
-run's own generator (:func:`sample_labels` of :func:`masked_logits`) in the chunks the run alone draws them in.
+run's own generator (:func:`sample_labels` of :func:`masked_logits`) in the chunks the
+run alone draws them in.
 
 Example:
     >>> from llray.models import ModelConfig, build_model
