@@ -38,7 +38,8 @@ Example (about 5 minutes on 2 quiet cores)::
     python benchmarks/bench_packs.py                       # all three parts
     python benchmarks/bench_packs.py --part runs --repeats 5
 
-CPU only (one torch thread per actor).
+CPU only (one torch thread per actor). This process tunes its allocator as a pack actor
+does (:mod:`llray.packs.malloc`), for the unpacked and the packed measurements alike.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.func import functional_call, grad, stack_module_state, vmap  # noqa: E402
 
 from llray.models import ModelConfig, build_model  # noqa: E402
+from llray.packs.malloc import keep_large_blocks  # noqa: E402
 from llray.packs.models import PackedModel  # noqa: E402
 from llray.packs.optim import PackedSGD  # noqa: E402
 
@@ -384,6 +386,7 @@ def sweep(seeds: int, pack_sizes: list[int], strategies: list[str]) -> None:
 
 
 def main() -> None:
+    keep_large_blocks()  # this process's allocator as in a pack actor (see llray.packs.malloc)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=["kernels", "runs", "sweep", "all"], default="all")
     p.add_argument("--packs", type=int, nargs="+", default=[1, 16, 64],
