@@ -447,8 +447,15 @@ class _Buffered(PackStrategy):
         return idx.to(self.device)
 
     def gather(self, i: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        ar = self.arange.unsqueeze(1)
-        return self.bx[ar, i], self.by[ar, i], self.bt[ar, i]
+        """Each run's memory samples ``i [K, k]``: one ``index_select`` per field of the
+        flat ``[K·capacity, ...]`` buffers (cheaper than advanced indexing)."""
+        K, k = i.shape
+        cap = self.by.shape[1]
+        flat = (i + self.arange.unsqueeze(1) * cap).reshape(-1)
+        x = self.bx.view(K * cap, *self.bx.shape[2:]).index_select(0, flat)
+        return (x.view(K, k, *self.bx.shape[2:]),
+                self.by.view(-1).index_select(0, flat).view(K, k),
+                self.bt.view(-1).index_select(0, flat).view(K, k))
 
 
 class PackReplay(_Buffered):
