@@ -18,7 +18,8 @@ batched-matmul **floor** (hand-written ``baddbmm`` layers, autograd, an in-place
 update on raw tensors, nothing else). ``pack sgd`` is a :class:`~llray.packs.run.PackRun`
 epoch of naive fine-tuning with SGD (batch gather from per-run index batches, masked
 cross-entropy per run, per-run lr); ``pack adam`` the same with Adam (the quickstart's
-optimizer). Ratio = median over ``--repeats`` interleaved (floor, pack) measurements.
+optimizer). Ratio = median over ``2 · --repeats + 1`` interleaved (floor, pack)
+measurements.
 
 Part ``runs``: the quickstart's strategies (jobs/quickstart.yaml: permuted digits, 5
 tasks, MLP 64-100-100-10, Adam, 3 epochs) in this process, no Ray: CPU and wall seconds
@@ -27,7 +28,7 @@ does) vs one pack of ``--seeds`` runs, each including a checkpoint per task seri
 to memory; median ratio over ``--repeats`` interleaved rounds.
 
 Part ``sweep``: sweep throughput (runs per minute) of the quickstart grid at ``--seeds``
-seeds per strategy, ``resources: {pack: 16}`` vs ``{pack: 1}``, each grid one sweep
+seeds per strategy, ``resources: {pack: SEEDS}`` vs ``{pack: 1}``, each grid one sweep
 through the real sweep driver on an embedded Ray with 2 CPUs (one actor per CPU): the
 whole sweep's wall time and the CPU seconds of every Ray process it ran on (polled from
 ``/proc``), and per strategy the steady-state rate (runs per minute of slot time,
