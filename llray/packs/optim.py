@@ -7,8 +7,9 @@ pack of one run takes the same steps as the plain optimizer, up to rounding.
 
 ``step(mask)`` updates only the runs where ``mask [K]`` is True (a run whose epoch has
 fewer batches than its pack-mates', or that diverged): a masked run's parameters and
-optimizer state, step count included, are left as they were. The mask is a device
-tensor, so a step never waits for the host.
+optimizer state, step count included, are left as they were. The training loop passes
+the mask as a host sequence (which runs step is known from the batch sizes alone), so
+a step never waits for the device.
 
 Example:
     >>> p = torch.nn.Parameter(torch.ones(2, 3))
@@ -54,7 +55,14 @@ class PackedOptimizer:
             p.grad = None
 
     @torch.no_grad()
-    def step(self, mask: Tensor | None = None) -> None:
+    def step(self, mask: Tensor | Sequence[bool] | None = None) -> None:
+        """One step of every run, or of the runs where ``mask [K]`` is True (a device
+        tensor, or a host sequence known without asking the device)."""
+        if mask is not None and not isinstance(mask, Tensor):
+            if all(mask):
+                mask = None
+            else:
+                mask = torch.tensor(list(mask), dtype=torch.bool).to(self.params[0].device)
         self._begin(mask)
         for i, p in enumerate(self.params):
             if p.grad is not None:
@@ -94,39 +102,79 @@ class PackedSGD(PackedOptimizer):
 
 
 class PackedAdam(PackedOptimizer):
-    """``torch.optim.Adam`` per run (betas, eps shared; lr and weight decay per run)."""
+    """``torch.optim.Adam`` per run (betas, eps shared; lr and weight decay per run).
+
+    The update is PyTorch's fused Adam kernel (``torch._fused_adam_``, the kernel of
+    ``torch.optim.Adam(fused=True)``): one pass over each run's parameter, gradient and
+    moments, instead of a dozen element-wise ops with temporaries over the whole pack
+    (which cost more than the pack's forward and backward). The kernel takes a list of
+    tensors, so it gets each run's slice ``p[k]`` (contiguous views); lr and weight decay
+    are per call, so the runs are grouped by ``(lr, weight decay)`` once (a grid of seeds
+    is one group, one call per step). Each run has its own step count (a float32 view of
+    ``t [K]``), so a masked run's bias correction stays its own; a masked run is left out
+    of the call. On a GPU the step counts stay on the device (the CUDA kernel reads them
+    there), so a step does not wait for the host.
+    """
 
     def __init__(self, params, lr: Tensor, weight_decay: Tensor | None = None,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         super().__init__(params)
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
-        self._wd = self.shaped(weight_decay)
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
-        self.t = torch.zeros(len(lr), dtype=torch.float64, device=lr.device)  # [K] steps
+        K = len(lr)
+        self.t = torch.zeros(K, dtype=torch.float32, device=lr.device)  # [K] steps
+        # per-run hyperparameters on the host, read once (the kernel takes Python floats)
+        wd = [0.0] * K if weight_decay is None else weight_decay.tolist()
+        self._groups: dict[tuple[float, float], list[int]] = {}
+        for k, key in enumerate(zip(lr.tolist(), wd)):
+            self._groups.setdefault(key, []).append(k)
+        # each run's slice of every parameter, moment and step count (views, built once)
+        self._p = [p.detach().unbind(0) for p in self.params]
+        self._m = [m.unbind(0) for m in self.m]
+        self._v = [v.unbind(0) for v in self.v]
+        self._t = self.t.unbind(0)
+        self._plans: dict[tuple[bool, ...] | None, list] = {}
 
-    def _begin(self, mask):
-        b1, b2 = self.betas
-        self.t = self.t + (1.0 if mask is None else mask.to(torch.float64))
-        bc1 = 1 - b1 ** self.t  # [K] in float64, as torch computes it in Python floats
-        step_size = (self.lr.double() / bc1).float()
-        bc2_sqrt = (1 - b2 ** self.t).sqrt().float()
-        self._step = self.shaped(step_size)
-        self._bc2 = self.shaped(bc2_sqrt)
+    def _plan(self, active: tuple[bool, ...] | None) -> list:
+        """Per (lr, weight decay) group: its runs that step and their slices."""
+        if active not in self._plans:
+            plan = []
+            for (lr, wd), runs in self._groups.items():
+                ks = [k for k in runs if active is None or active[k]]
+                if ks:
+                    lists = [[t[k] for t in ts for k in ks] for ts in (self._p, self._m, self._v)]
+                    plan.append((lr, wd, ks, *lists, [self._t[k] for _ in self.params for k in ks]))
+            self._plans[active] = plan
+        return self._plans[active]
 
-    def _update(self, i, p, g, mask):
-        b1, b2 = self.betas
-        if self._wd[i] is not None:
-            g = g.addcmul(p, self._wd[i])
-        m = self.m[i].lerp(g, 1 - b1)
-        v = (self.v[i] * b2).addcmul_(g, g, value=1 - b2)
-        denom = (v.sqrt() / self._bc2[i]).add_(self.eps)
-        if mask is None:
-            self.m[i], self.v[i] = m, v
-            p.sub_(self._step[i] * (m / denom))
+    @torch.no_grad()
+    def step(self, mask: Tensor | Sequence[bool] | None = None) -> None:
+        """One Adam step of every run, or of the runs where ``mask`` is True (a host
+        sequence; a device tensor is read back once, which waits for the device)."""
+        active = None if mask is None else tuple(bool(b) for b in (
+            mask.tolist() if isinstance(mask, Tensor) else mask))
+        if active is not None and all(active):
+            active = None
+        plan = self._plan(active)
+        if not plan:
             return
-        self.m[i], self.v[i] = _where(mask, m, self.m[i]), _where(mask, v, self.v[i])
-        p.copy_(_where(mask, p - self._step[i] * (m / denom), p))
+        if active is None:
+            self.t.add_(1.0)
+        else:
+            self.t.add_(torch.tensor(active, dtype=self.t.dtype).to(self.t.device))
+        grads = [p.grad.unbind(0) if p.grad is not None else None for p in self.params]
+        b1, b2 = self.betas
+        for lr, wd, ks, P, M, V, S in plan:
+            present = [i for i, g in enumerate(grads) if g is not None]
+            if len(present) < len(self.params):  # a parameter without gradient: skip it
+                n = len(ks)
+                sel = [i * n + j for i in present for j in range(n)]
+                P, M, V, S = ([L[j] for j in sel] for L in (P, M, V, S))
+            G = [grads[i][k] for i in present for k in ks]
+            torch._fused_adam_(P, G, M, V, [], S, lr=lr, beta1=b1, beta2=b2,
+                               weight_decay=wd, eps=self.eps, amsgrad=False,
+                               maximize=False)
 
 
 def packed_optimizer(params: Sequence[nn.Parameter], trains: Sequence[TrainConfig],

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from llray.errors import ConfigError
+from llray.strategies._fisher import trainable
 from llray.strategies.base import MASKED, Context
 
 if TYPE_CHECKING:
@@ -170,20 +171,26 @@ class PackStrategy:
                                     for k in range(self.K)], n)
         X, Y, TT = pick(0), pick(1), pick(2)  # [K, N, *in], [K, N], [K, N]
         opt = packed_optimizer(self.params(), [m.ctx.train for m in self.members], self.device)
-        ar = self.arange.unsqueeze(1)
+        # flat views: a step's batch is one index_select of the runs' rows (k·n + i)
+        Xf, Yf, Tf = X.reshape(self.K * n, *X.shape[2:]), Y.reshape(-1), TT.reshape(-1)
+        offset = (self.arange * n).view(-1, 1, 1)
         for _ in range(self.train.epochs):
             idx, valid, cpu_valid = self.plan(runs, sizes)
-            S = idx.shape[1]
+            S, B = idx.shape[1], idx.shape[2]
+            flat = (idx + offset).transpose(0, 1).reshape(S, self.K * B)  # [S, K·B]
             self.real = cpu_valid.sum(-1)  # [K, S] real samples per run and step (CPU)
             steps = {k: int(cpu_valid[k].any(-1).sum()) for k in runs}
             self.epoch_start(runs, steps, S)
             on_all = cpu_valid.all(-1).all(0).tolist()  # [S]: every run steps on a full batch
             on = valid.any(-1)  # [K, S]
+            host_on = cpu_valid.any(-1).T.tolist()  # [S][K]: the same, on the host
             total = torch.zeros(self.K, device=self.device)
             for s in range(S):
-                i = idx[:, s]
+                i = flat[s]
                 full = on_all[s]
-                batch = PackBatch(X[ar, i], Y[ar, i], TT[ar, i],
+                batch = PackBatch(Xf.index_select(0, i).view(self.K, B, *X.shape[2:]),
+                                  Yf.index_select(0, i).view(self.K, B),
+                                  Tf.index_select(0, i).view(self.K, B),
                                   None if full else valid[:, s].to(X.dtype))
                 losses = self.loss(batch, s)
                 m = None if full else on[:, s]
@@ -192,7 +199,7 @@ class PackStrategy:
                 opt.zero_grad()
                 losses.sum().backward()
                 self.before_step(batch, s, m)
-                opt.step(m)
+                opt.step(None if full else host_on[s])
                 self.after_step(m)
                 total += losses.detach()
             for k in runs:
@@ -224,52 +231,23 @@ class PackJoint(PackStrategy):
         self.fit(runs, data)
 
 
-def _stack(params: dict[str, Tensor], names: list[str]) -> Tensor:
-    """``[K, P]``: the named ``[K, *shape]`` tensors flattened per run."""
-    return torch.cat([params[n].reshape(params[n].shape[0], -1) for n in names], 1)
-
-
-class PackEWC(PackStrategy):
-    """EWC and online EWC: ``λ_k/2 (Σ A_k (θ_k − μ_k)² + K_k)`` per run; each member
-    computes its own Fisher (any kind) and merges it (:class:`~llray.strategies.ewc.EWC`)."""
-
-    name = "ewc"
-
-    def before_task(self, runs, tasks):
-        super().before_task(runs, tasks)
-        self.state = None
-        if not any(self.members[k].strategy.importance for k in runs):
-            return
-        flats = []
-        for m in self.members:
-            names, A, mu = m.strategy._flat() if m.strategy.importance else ([], None, None)
-            flats.append((names, A, mu, m.strategy.const))
-        names = next(f[0] for f in flats if f[0])
-        P = sum(self.pack.model.named()[n][0].numel() for n in names)
-        z = torch.zeros(P, device=self.device)
-        A = torch.stack([f[1] if f[1] is not None else z for f in flats])  # [K, P]
-        mu = torch.stack([f[2] if f[2] is not None else z for f in flats])
-        const = torch.tensor([f[3] for f in flats], dtype=torch.float32, device=self.device)
-        used = [k for k in runs if self.members[k].strategy.importance]
-        self.state = (names, A, mu, const, self.vec("lambda_", used))
-
-    def loss(self, batch, s):
-        ce = super().loss(batch, s)
-        if self.state is None:
-            return ce
-        names, A, mu, const, lam = self.state
-        theta = _stack(self.pack.model.named(), names)  # [K, P]
-        return ce + 0.5 * lam * ((A * (theta - mu).square()).sum(1) + const)
-
-
 class _Quadratic(PackStrategy):
-    """SI and MAS: ``scale_k Σ Ω_k (θ_k − θ*_k)²`` from each member's importance/anchor."""
+    """A penalty ``scale_k Σ Ω_k (θ_k − θ*_k)²`` per run from each member's importance
+    ``Ω`` and anchor ``θ*`` (SI, MAS, EWC), stacked per parameter as ``[K, *shape]``.
+
+    The penalty's gradient ``2 scale_k Ω_k (θ_k − θ*_k)`` is added to the gradients in
+    :meth:`before_step` instead of being back-propagated: autograd through the penalty
+    (a flattened copy of every parameter, temporaries for the difference, its square and
+    the product, and their backward) cost as much as the model's own forward and
+    backward. The loss keeps the penalty's value (:meth:`penalty`), so a run whose
+    penalty overflows is still caught as diverged.
+    """
 
     scale_field: ClassVar[str] = ""
 
     def _stack_penalty(self, runs) -> None:
         used = [k for k in runs if self.members[k].strategy.importance]
-        self.state = None
+        self.state, self._grads = None, None
         if not used:
             return
         names = sorted(self.members[used[0]].strategy.importance)
@@ -280,14 +258,117 @@ class _Quadratic(PackStrategy):
         anc = {n: torch.stack([m.strategy.anchor.get(n, zero[n]) if k in used else zero[n]
                                for k, m in enumerate(self.members)]) for n in names}
         self.state = (names, imp, anc, self.vec(self.scale_field, used))
+        self._weigh()
 
+    def _weigh(self) -> None:
+        """The gradient's weight ``2 scale_k Ω_k`` and buffers for ``θ − θ*`` and the
+        gradient (large temporaries allocated every step cost more than the arithmetic)."""
+        names, imp, anc, scale = self.state
+        self._w2 = {n: imp[n] * (2 * scale).view(-1, *([1] * (imp[n].dim() - 1)))
+                    for n in names}
+        self._d = {n: torch.empty_like(imp[n]) for n in names}
+        self._g = {n: torch.empty_like(imp[n]) for n in names}
+
+    @torch.no_grad()
     def penalty(self) -> Tensor | None:
+        """``[K]`` values of the penalty at the current weights (no autograd); leaves its
+        gradient ``2 scale Ω (θ − θ*)`` per parameter for :meth:`before_step`."""
         if self.state is None:
             return None
-        names, imp, anc, scale = self.state
+        names, _, anc, _ = self.state
         pm = self.pack.model.named()
-        terms = [(imp[n] * (pm[n] - anc[n]).square()).reshape(self.K, -1).sum(1) for n in names]
-        return scale * torch.stack(terms).sum(0)
+        total = torch.zeros(self.K, device=self.device)
+        for n in names:
+            d, g = self._d[n], self._g[n]
+            torch.sub(pm[n], anc[n], out=d)
+            torch.mul(self._w2[n], d, out=g)
+            total += torch.linalg.vecdot(g.view(self.K, -1), d.view(self.K, -1))
+        self._grads = self._g
+        return 0.5 * total
+
+    def loss(self, batch, s):
+        ce = super().loss(batch, s)
+        pen = self.penalty()
+        return ce if pen is None else ce + pen
+
+    @torch.no_grad()
+    def before_step(self, batch, s, on):
+        if self.state is None or self._grads is None:
+            return
+        for n, p in self.pack.model.named().items():
+            g = self._grads.get(n)
+            if g is None:
+                continue
+            if p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.add_(g)
+        self._grads = None
+
+
+class PackEWC(_Quadratic):
+    """EWC and online EWC: ``λ_k/2 (Σ A_k (θ_k − μ_k)² + K_k)`` per run; each member
+    computes its own Fisher (any kind) and merges it (:class:`~llray.strategies.ewc.EWC`)
+    into ``A`` (its ``importance``), ``μ`` (its ``anchor``) and ``K`` (its ``const``)."""
+
+    name = "ewc"
+    scale_field = "lambda_"
+
+    def before_task(self, runs, tasks):
+        super().before_task(runs, tasks)
+        self._stack_penalty(runs)
+        if self.state is not None:
+            names, imp, anc, lam = self.state
+            self.state = (names, imp, anc, 0.5 * lam)
+            self._weigh()
+            self.const = 0.5 * lam * torch.tensor(
+                [float(m.strategy.const) for m in self.members], device=self.device)
+
+    def loss(self, batch, s):
+        out = super().loss(batch, s)
+        return out if self.state is None else out + self.const
+
+    def after_task(self, runs, tasks):
+        """Each run's Fisher of its task, merged into its own EWC state. For an MLP pack
+        all runs' Fishers of one kind are one batched computation
+        (:func:`~llray.packs.fisher.pack_fisher`); otherwise each member computes its own."""
+        if self.pack.model.cfg.name != "mlp":
+            return super().after_task(runs, tasks)
+        kinds: dict[str, list[int]] = {}
+        for k in runs:
+            kinds.setdefault(self.members[k].strategy.config.fisher, []).append(k)
+        fishers: dict[int, dict[str, Tensor]] = {}
+        for kind, ks in kinds.items():
+            fishers.update(self._fishers(kind, ks, tasks))
+        for k in runs:  # in run order, as each run alone
+            m = self.members[k]
+            m.strategy.consolidate(fishers[k], trainable(m.model))
+            m.strategy._warn_if_too_stiff(m.ctx)
+
+    def _fishers(self, kind: str, ks: list[int], tasks: dict) -> dict[int, dict[str, Tensor]]:
+        from llray.packs.fisher import masked_logits, pack_fisher, sample_labels, stack_sets
+
+        # each run's Fisher samples, drawn from its own generator as alone
+        sets = [self.members[k].strategy._fisher_set(tasks[k], self.members[k].ctx) for k in ks]
+        x, y, n = stack_sets(sets, self.K, ks)
+        t = torch.zeros_like(y)
+        for k in ks:
+            t[k] = tasks[k].id
+        labels = None
+        keep = None if self.class_mask is None else self.class_mask[t]
+        if kind == "sampled":  # labels drawn per run, in the chunks the run draws them in
+            labels = torch.zeros_like(y)
+            logits = masked_logits(self.pack.model, x, keep)
+            for k in ks:
+                m = self.members[k]
+                fb = m.strategy.config.fisher_batch
+                for i in range(0, int(n[k]), fb):
+                    j = min(i + fb, int(n[k]))
+                    labels[k, i:j] = sample_labels(logits[k, i:j], m.ctx.strategy_generator)
+        chunk = min(128, *(self.members[k].strategy.config.fisher_batch for k in ks))
+        F_ = pack_fisher(self.pack.model, x, y, t, n, kind, self.class_mask, labels, chunk)
+        names = self.pack.model.names
+        return {k: {name: f[k] for name, f in zip(names, F_)} for k in ks}
 
 
 class PackMAS(_Quadratic):
@@ -299,11 +380,6 @@ class PackMAS(_Quadratic):
     def before_task(self, runs, tasks):
         super().before_task(runs, tasks)
         self._stack_penalty(runs)
-
-    def loss(self, batch, s):
-        ce = super().loss(batch, s)
-        pen = self.penalty()
-        return ce if pen is None else ce + pen
 
 
 class PackSI(_Quadratic):
@@ -322,14 +398,7 @@ class PackSI(_Quadratic):
         self.g = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
                   for p in ps]  # the task loss's gradient alone
         self.before = [p.detach().clone() for p in ps]
-        if self.state is not None:  # grad += 2c Ω (θ − θ*), the penalty's gradient
-            names, imp, anc, c = self.state
-            pos = {n: i for i, n in enumerate(self.pack.model.names)}
-            with torch.no_grad():
-                for n in names:
-                    p = ps[pos[n]]
-                    cc = (2 * c).view(-1, *([1] * (p.dim() - 1)))
-                    p.grad.add_(imp[n] * (self.before[pos[n]] - anc[n]) * cc)
+        super().before_step(batch, s, on)  # grad += 2c Ω (θ − θ*), the penalty's gradient
 
     @torch.no_grad()
     def after_step(self, on):
@@ -378,8 +447,15 @@ class _Buffered(PackStrategy):
         return idx.to(self.device)
 
     def gather(self, i: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        ar = self.arange.unsqueeze(1)
-        return self.bx[ar, i], self.by[ar, i], self.bt[ar, i]
+        """Each run's memory samples ``i [K, k]``: one ``index_select`` per field of the
+        flat ``[K·capacity, ...]`` buffers (cheaper than advanced indexing)."""
+        K, k = i.shape
+        cap = self.by.shape[1]
+        flat = (i + self.arange.unsqueeze(1) * cap).reshape(-1)
+        x = self.bx.view(K * cap, *self.bx.shape[2:]).index_select(0, flat)
+        return (x.view(K, k, *self.bx.shape[2:]),
+                self.by.view(-1).index_select(0, flat).view(K, k),
+                self.bt.view(-1).index_select(0, flat).view(K, k))
 
 
 class PackReplay(_Buffered):

@@ -39,6 +39,7 @@ from llray.distributed.sweep import (
 from llray.experiment import build_run, utc_now
 from llray.learner import LifelongRun, RunResult
 from llray.packs.grouping import group_packs
+from llray.packs.malloc import keep_large_blocks
 from llray.packs.run import PackRun, build_pack
 from llray.packs.strategies import PACKED
 
@@ -83,6 +84,7 @@ class PackActor:
 
     def __init__(self, stream: StreamHandle, store: CheckpointStore | None) -> None:
         self.threads = set_threads()
+        self.malloc_tuned = keep_large_blocks()  # this process is the pack's own
         self.device = pick_device()
         self.warm_s = warm()
         self.stream = get_stream(stream).to(self.device)  # on the device once per actor
