@@ -288,3 +288,25 @@ def test_streaming_needs_shards():
         with pytest.raises(ConfigError, match="only used with dataset 'shards'") as e:
             StreamConfig(dataset="digits", **{name: value})
         assert e.value.field == name
+
+
+def test_taskonomy_curriculum_and_tune_refuse_streamed_streams_naming_the_field(
+        shards, tmp_path, capsys):
+    root, _ = shards
+    stream = {"dataset": "shards", "kind": "tasks", "scenario": "task", "num_tasks": 3,
+              "path": str(root), "input_shape": list(SHAPE), "storage": "streaming"}
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text(yaml.safe_dump({"experiment": "t", "strategies": ["naive"],
+                                          "stream": stream, "model": {"hidden": [8]}}))
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "study": "t", "stream": stream, "model": {"hidden": [8]}, "strategy": "ewc",
+        "search": {"ewc.lambda_": {"loguniform": [0.1, 10.0]}}, "num_trials": 2}))
+    for command, path in [("taskonomy", experiment), ("curriculum", experiment),
+                          ("tune", study)]:
+        out = tmp_path / f"out-{command}"
+        code = main([command, str(path), "--output", str(out), "--num-cpus", "1"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, (command, err)
+        assert err[-1].startswith(f"llray: error: stream.storage: llray {command} "), err
+        assert not out.exists()

@@ -71,6 +71,9 @@ def execute(args: argparse.Namespace) -> int:
         check_store(output, ("r_matrix",), spec.experiment + cu.SUFFIX, full=True)
     check_writable(output)
     stream = make_stream(cfg.stream)
+    from llray.data.streaming import refuse_streamed
+
+    refuse_streamed(stream, NAME)  # shards read batch by batch: llray run only
     T = stream.num_tasks
     proposed = cu.tuned_orders(output, T, stream.benchmark, args.study)  # checks --study
     shapes = _taskonomy(output, spec, cfg.seeds, stream, args)

@@ -41,6 +41,9 @@ def execute(args: argparse.Namespace) -> int:
     check_cluster(spec.resources, args)
     check_writable(output)
     stream = make_stream(cfg.stream)
+    from llray.data.streaming import refuse_streamed
+
+    refuse_streamed(stream, NAME)  # shards read batch by batch: llray run only
     connect(args.address, args.num_cpus, dashboard=args.dashboard)
     total = len(tx.jobs(stream.num_tasks, cfg.seeds))
     print(f"taskonomy: {stream.num_tasks} tasks, {len(cfg.seeds)} seed(s), "

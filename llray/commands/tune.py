@@ -67,6 +67,9 @@ def execute(args: argparse.Namespace) -> int:
 
         check_resources(study.resources, args)  # embedded Ray: what no trial could get
     stream = make_stream(study.experiment.stream)
+    from llray.data.streaming import refuse_streamed
+
+    refuse_streamed(stream, NAME)  # shards read batch by batch: llray run only
     check_writable(output)
     records = _tune(study, output, stream, args) if args.backend == "tune" else \
         _optuna(study, output, stream, args)

@@ -350,3 +350,11 @@ def check_streamable(stream: Any, strategy: str, pack: int = 1) -> None:
     if pack > 1:
         raise ConfigError("stream.storage", "packs (resources.pack > 1) train on in-memory "
                           "streams only; set stream.storage: memory or resources.pack: 1")
+
+
+def refuse_streamed(stream: Any, command: str) -> None:
+    """ConfigError (``stream.storage``) when ``command`` gets a streamed ``stream``: only
+    ``llray run`` sweeps stream; taskonomy, curriculum and tune learn in-memory streams."""
+    if stream.streamed is not None:
+        raise ConfigError("stream.storage", f"llray {command} learns in-memory streams only "
+                          "(streaming is for llray run); set stream.storage: memory")
