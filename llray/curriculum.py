@@ -27,7 +27,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,15 +212,12 @@ def write_search(output: str | Path, strategy: str, searched: pd.DataFrame) -> P
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from llray.taskonomy import write_atomically
+
     where = Path(output) / "curriculum" / strategy
     where.mkdir(parents=True, exist_ok=True)
-    tmp = where / f".search.parquet.{uuid.uuid4().hex}.tmp"
-    try:
-        pq.write_table(pa.Table.from_pandas(searched.assign(strategy=strategy),
-                                            preserve_index=False), tmp)
-        os.replace(tmp, where / "search.parquet")
-    finally:
-        tmp.unlink(missing_ok=True)
+    table = pa.Table.from_pandas(searched.assign(strategy=strategy), preserve_index=False)
+    write_atomically(where / "search.parquet", lambda f: pq.write_table(table, f))
     return where / "search.parquet"
 
 
@@ -297,18 +293,11 @@ def write(output: str | Path, strategy: str, table: pd.DataFrame, png: bytes) ->
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from llray.taskonomy import write_atomically
+
     where = Path(output) / "curriculum" / strategy
     where.mkdir(parents=True, exist_ok=True)
-    for name, write_to in (
-        ("orders.parquet", lambda f: pq.write_table(
-            pa.Table.from_pandas(table.assign(strategy=strategy), preserve_index=False), f)),
-        ("curriculum.png", lambda f: f.write(png)),
-    ):
-        tmp = where / f".{name}.{uuid.uuid4().hex}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                write_to(f)
-            os.replace(tmp, where / name)
-        finally:
-            tmp.unlink(missing_ok=True)
+    orders = pa.Table.from_pandas(table.assign(strategy=strategy), preserve_index=False)
+    write_atomically(where / "orders.parquet", lambda f: pq.write_table(orders, f))
+    write_atomically(where / "curriculum.png", lambda f: f.write(png))
     return where

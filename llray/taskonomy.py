@@ -441,13 +441,15 @@ def write(output: str | Path, strategy: str, pairs: pd.DataFrame, aff: pd.DataFr
     for name, df in (("pairs", pairs), ("affinity", aff), ("curricula", curr)):
         table = pa.Table.from_pandas(df.assign(experiment=experiment, strategy=strategy,
                                                config=config), preserve_index=False)
-        _atomic(where / f"{name}.parquet", lambda f, t=table: pq.write_table(t, f))
+        write_atomically(where / f"{name}.parquet", lambda f, t=table: pq.write_table(t, f))
     if png is not None:
-        _atomic(where / "affinity.png", lambda f: f.write(png))
+        write_atomically(where / "affinity.png", lambda f: f.write(png))
     return where
 
 
-def _atomic(path: Path, write_to: Callable[[Any], None]) -> None:
+def write_atomically(path: Path, write_to: Callable[[Any], None]) -> None:
+    """``write_to(f)`` into a hidden temporary file beside ``path``, then rename it over
+    ``path``: a reader sees the old file or the whole new one, never a part."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "wb") as f:
