@@ -439,7 +439,7 @@ class _Sweep:
     def _complete(self, r: _Run, result: RunResult, started_at: datetime,
                   finished_at: datetime) -> None:
         r.attempts[-1].ended = time.time()
-        if result.status == "ok" and hasattr(self.pending, "finished"):
+        if result.status == "ok":
             self.pending.finished(r, result.wall_s)  # the estimate for runs of its kind
         self._next_run(r)
         self._record(Finished(r.spec, result, started_at, finished_at, r.attempts))
