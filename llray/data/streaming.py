@@ -99,7 +99,7 @@ def _ray_data_context() -> Any:
 
 
 class ShardReader:
-    """Reads a :class:`ShardLayout`'s splits batch by batch with Ray Data.
+    """Reads a :class:`ShardLayout`'s splits batch by batch (pyarrow here, or Ray Data).
 
     Args:
         layout: the shards (files, columns, shape, dtype).
