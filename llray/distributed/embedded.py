@@ -95,7 +95,7 @@ def stop(grace: float = 0.2) -> None:
     ray = sys.modules.get("ray")
     if ray is None or not ray.is_initialized():
         return
-    node = getattr(getattr(ray, "_private", None) and ray._private.worker, "_global_node", None)
+    node = getattr(ray._private.worker, "_global_node", None)  # the node ray.init started
     kill_all = getattr(node, "kill_all_processes", None)
     if kill_all is not None and getattr(node, "all_processes", None):
         def kill_all_processes(*args, **kwargs):
