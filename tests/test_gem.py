@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import llray.strategies.agem as agem_mod
 import llray.strategies.gem as gem_mod
 from helpers import roundtrip
+from llray import optimizers
 from llray.data import StreamConfig, Task, TaskStream, make_stream
 from llray.errors import ConfigError
 from llray.learner import LifelongRun, run_stream
@@ -154,14 +155,14 @@ def test_agem_applies_the_projected_gradient_in_training(digits, monkeypatch):
     calls = record(monkeypatch, agem_mod, "agem_project")
     params = grad_params(run.model)
     before = [torch.cat([p.detach().reshape(-1) for p in params])]
-    orig_step = torch.optim.SGD.step
+    orig_step = optimizers.SGD.step  # the strategies' SGD (torch's, llray.optimizers)
 
     def step(self, *a, **k):  # remember the parameters after every step
         out = orig_step(self, *a, **k)
         before.append(torch.cat([p.detach().reshape(-1) for p in params]))
         return out
 
-    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    monkeypatch.setattr(optimizers.SGD, "step", step)
     run.learn_next()
     assert len(calls) == len(before) - 1 > 10
     n_proj = 0

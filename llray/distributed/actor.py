@@ -9,8 +9,8 @@ state, RNG state and R so far (:mod:`llray.distributed.checkpoint`); a run loade
 ``resume=True`` continues from that checkpoint, so the tasks before it are not trained
 again; a checkpoint that cannot be read is moved aside (``<run_id>.pt.bad``), reported
 in :meth:`LearnerActor.info`, and the run starts over. An actor warms up when it starts
-(:func:`warm`: torch's optimizer machinery, which imports ``torch._dynamo``), while Ray
-is still placing the sweep's other actors, so a run's first task does not pay for it.
+(:func:`warm`: one optimizer step on a tiny model), while Ray is still placing the
+sweep's other actors, so a run's first task does not pay for it.
 The learning itself is :mod:`llray.learner`.
 """
 
@@ -25,6 +25,7 @@ import numpy as np
 import ray
 import torch
 
+from llray import optimizers
 from llray.config import RunSpec
 from llray.distributed.checkpoint import CheckpointStore
 from llray.distributed.streaming import StreamHandle, get_stream
@@ -54,14 +55,15 @@ def set_threads() -> int:
 
 
 def warm() -> float:
-    """Run one optimizer step on a tiny model: the imports a first task would pay.
+    """Run one optimizer step on a tiny model: what a first task would pay once.
 
-    The first ``torch.optim`` optimizer imports ``torch._dynamo`` (about as long as
-    importing torch itself). Returns the seconds it took.
+    llray's optimizers do not import ``torch._dynamo`` (:mod:`llray.optimizers`), which
+    torch's first optimizer would (about as long as importing torch itself). Returns
+    the seconds it took.
     """
     t0 = time.perf_counter()
     model = torch.nn.Linear(2, 2)
-    opt = torch.optim.Adam(model.parameters())
+    opt = optimizers.Adam(model.parameters())
     model(torch.zeros(1, 2)).sum().backward()
     opt.step()
     return time.perf_counter() - t0

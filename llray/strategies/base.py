@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llray import seeding
+from llray import optimizers, seeding
 from llray.config_base import from_dict, require
 from llray.data.stream import Task, TaskStream
 from llray.errors import ConfigError, Diverged
@@ -142,9 +142,9 @@ class Context:
 
     def optimizer(self, params: Iterator[nn.Parameter] | list) -> torch.optim.Optimizer:
         cfg = self.train
-        if cfg.optimizer == "adam":
-            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return torch.optim.SGD(
+        if cfg.optimizer == "adam":  # torch's, without its compiler import (llray.optimizers)
+            return optimizers.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return optimizers.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from llray import optimizers
 from llray.config_base import require
 from llray.data.pixels import to_float
 from llray.data.stream import Task
@@ -119,8 +120,8 @@ class WGANGP(Generative):
 
     def optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
         betas = (0.5, 0.9)  # as in Gulrajani et al.
-        return [torch.optim.Adam(self.decoder.parameters(), lr=lr, betas=betas),
-                torch.optim.Adam(self.critic.parameters(), lr=lr, betas=betas)]
+        return [optimizers.Adam(self.decoder.parameters(), lr=lr, betas=betas),
+                optimizers.Adam(self.critic.parameters(), lr=lr, betas=betas)]
 
     def step(self, real: Tensor, g: torch.Generator, opts: list, draw) -> Tensor:
         opt_g, opt_d = opts
@@ -153,7 +154,7 @@ class VAE(Generative):
         self.to_stats = nn.Linear(cfg.hidden, 2 * cfg.latent_dim)  # mean, log-variance
 
     def optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
-        return [torch.optim.Adam(self.parameters(), lr=lr)]
+        return [optimizers.Adam(self.parameters(), lr=lr)]
 
     def step(self, real: Tensor, g: torch.Generator, opts: list, draw) -> Tensor:
         mu, logvar = self.to_stats(F.relu(self.encoder(real))).chunk(2, dim=1)
