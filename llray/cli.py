@@ -55,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signals.sigterm_as_sigint()  # SIGTERM (kill, ray job stop) acts as Ctrl+C
     try:
         check_options(args)
+        _start_ray_early(module, args)
         return module.execute(args)
     except ConfigError as e:
         print(f"llray: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
@@ -66,6 +67,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         signals.restore(previous)
         if (write := sys.modules.get("llray.results.write")) is not None:
             write.forget_created()
+        _stop_unused_ray()
+
+
+def _start_ray_early(module: ModuleType, args: argparse.Namespace) -> None:
+    """Start the command's embedded Ray now, in a process of its own, so that it starts
+    while the command imports torch and checks its input (:mod:`llray.distributed.head`).
+    Only for a command that says it will use one (``uses_embedded_ray``)."""
+    uses = getattr(module, "uses_embedded_ray", None)
+    if uses is not None and uses(args):
+        from llray.distributed import head
+
+        head.launch(args.num_cpus, dashboard=args.dashboard)
+
+
+def _stop_unused_ray() -> None:
+    """Stop an early-started Ray the command never joined (it failed before, or had
+    nothing to run); a joined one stays for the caller, as Ray does after ``ray.init``."""
+    head = sys.modules.get("llray.distributed.head")
+    ray = sys.modules.get("ray")
+    if head is not None and head.launched() is not None and not (ray and ray.is_initialized()):
+        head.stop()
 
 
 def entry() -> NoReturn:

@@ -160,3 +160,89 @@ def test_llray_command_exits_with_its_code_and_leaves_no_ray_process(tmp_path):
     bad = subprocess.run([*run, str(tmp_path / "bad"), "--max-in-flight", "0"],
                          env=fresh_env(tag), capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--max-in-flight" in bad.stderr
+    assert outliving(tag) == []  # the Ray started early for it is stopped too
+
+
+HEAD_SCRIPT = textwrap.dedent(r'''
+    import json, os
+    from llray.distributed import head
+    from llray.distributed.session import connect
+
+    head.launch(1)
+    child = head.launched().proc.pid
+    connect()
+    import ray
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+    def parent(pid):
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+
+    def pids_of(name):
+        out = []
+        for cmd in os.listdir("/proc"):
+            try:
+                argv0 = open(f"/proc/{cmd}/cmdline", "rb").read().split(b"\0")[0]
+                if cmd.isdigit() and os.path.basename(argv0.decode()) == name:
+                    out.append(int(cmd))
+            except OSError:
+                pass
+        return out
+
+    tag = os.environ["LLRAY_TEST_TAG"]
+    mine = [p for p in pids_of("raylet") if f"LLRAY_TEST_TAG={tag}".encode()
+            in open(f"/proc/{p}/environ", "rb").read().split(b"\0")]
+    print(json.dumps({
+        "raylet_parents": [parent(p) == child for p in mine],
+        "token_auth": is_token_auth_enabled(),
+        "task": ray.get(ray.remote(lambda: 41 + 1).remote()),
+    }))
+    from llray.distributed.embedded import stop
+
+    stop()
+    print(json.dumps({"child_exit": head.launched() is None and
+                      __import__("psutil").pid_exists(child) is False}))
+''')
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_early_ray_starts_in_a_child_and_the_command_joins_it():
+    """head.launch: the Ray's raylet is the child's, the command's tasks run on it with
+    token authentication on, and stop() ends the child and every Ray process."""
+    tag = uuid.uuid4().hex
+    out = subprocess.run([sys.executable, "-c", HEAD_SCRIPT], env=fresh_env(tag),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, last = (json.loads(line) for line in out.stdout.strip().splitlines()[-2:])
+    assert first == {"raylet_parents": [True], "token_auth": True, "task": 42}
+    assert last == {"child_exit": True}
+    assert outliving(tag) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_command_leaves_no_ray_process(tmp_path):
+    """SIGKILL of the command mid-sweep: its Ray's child sees its input close and stops
+    every Ray process (nothing can run in the command any more)."""
+    job = tmp_path / "job.yaml"
+    job.write_text(textwrap.dedent("""
+        experiment: killed
+        stream: {dataset: digits, kind: permuted, num_tasks: 3, seed: 0}
+        model: {name: mlp, hidden: [16]}
+        train: {epochs: 200, batch_size: 64, lr: 0.01}
+        strategies: [naive]
+        seeds: [0]
+    """))
+    tag = uuid.uuid4().hex
+    proc = subprocess.Popen([sys.executable, "-m", "llray.cli", "run", str(job), "--no-progress",
+                             "--num-cpus", "1", "--output", str(tmp_path / "out")],
+                            env=fresh_env(tag), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not any("LearnerActor" in c or "default_worker" in c
+                      for c in tagged_processes(tag)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert any("raylet" in c for c in tagged_processes(tag)), "Ray never started"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert outliving(tag, within=15) == []

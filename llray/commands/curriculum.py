@@ -48,6 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"runs (default {DEFAULT_BUDGET}; only with --search)")
 
 
+def uses_embedded_ray(args: argparse.Namespace) -> bool:
+    """Start the embedded Ray early (``llray.cli``): the orders run on it."""
+    return args.address is None
+
+
 def execute(args: argparse.Namespace) -> int:
     from llray import curriculum as cu
     from llray import taskonomy as tx

@@ -37,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "files once the sweep is done; see 'llray compact')")
 
 
+def uses_embedded_ray(args: argparse.Namespace) -> bool:
+    """Start the embedded Ray early (``llray.cli``): no ``--address`` and no ``--resume``
+    (which may find nothing left to do, and then answers without Ray)."""
+    return args.address is None and not args.resume
+
+
 def interrupted_hint(args: argparse.Namespace) -> str:
     """How to continue after SIGINT/SIGTERM (the command line exits 130 with it)."""
     where = f" --output {args.output}" if args.output else ""

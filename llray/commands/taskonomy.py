@@ -26,6 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="what a curriculum maximises over consecutive pairs")
 
 
+def uses_embedded_ray(args: argparse.Namespace) -> bool:
+    """Start the embedded Ray early (``llray.cli``): the pairwise runs need it."""
+    return args.address is None
+
+
 def execute(args: argparse.Namespace) -> int:
     from llray import taskonomy as tx
     from llray.config import load_config

@@ -36,6 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "test (default: the spec's confirm, 0 = none)")
 
 
+def uses_embedded_ray(args: argparse.Namespace) -> bool:
+    """Start the embedded Ray early (``llray.cli``): the Ray Tune backend's trials need it
+    (the optuna backend runs without Ray)."""
+    return args.address is None and args.backend == "tune"
+
+
 def execute(args: argparse.Namespace) -> int:
     """Check everything (nothing is written before), run the study, print its summary."""
     from llray.data import make_stream

@@ -31,8 +31,9 @@ from collections.abc import Iterator
 UNUSED_SERVICES = ("start_monitor", "start_log_monitor", "start_api_server")
 
 
-def start(num_cpus: int, num_gpus: int | None, dashboard: bool) -> None:
-    """``ray.init`` a new local Ray on this machine (the caller keeps it on 127.0.0.1).
+def start(num_cpus: int, num_gpus: int | None, dashboard: bool) -> dict:
+    """``ray.init`` a new local Ray on this machine (the caller keeps it on 127.0.0.1);
+    its address info (``gcs_address``, ...).
 
     Args:
         num_cpus: CPUs of the node.
@@ -47,7 +48,7 @@ def start(num_cpus: int, num_gpus: int | None, dashboard: bool) -> None:
     if num_gpus is not None:
         kwargs["num_gpus"] = num_gpus
     with contextlib.nullcontext() if dashboard else _without(UNUSED_SERVICES):
-        ray.init(**kwargs)
+        return ray.init(**kwargs).address_info
 
 
 @contextlib.contextmanager
@@ -87,23 +88,26 @@ def stop(grace: float = 0.2) -> None:
     children (workers, agents) get their SIGTERM at once, what still runs after
     ``grace`` seconds is killed, and Ray's own one-by-one stop finds them gone. Call it
     only when nothing more is asked of Ray: every result is back in the driver. A
-    joined cluster (``--address``) is only disconnected from. Safe to call when Ray
-    was never started.
+    joined cluster (``--address``) is only disconnected from; a Ray the command started in
+    a process of its own (:mod:`llray.distributed.head`) is stopped there, in this same
+    way. Safe to call when Ray was never started.
     """
     import sys
 
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
-        return
-    node = getattr(ray._private.worker, "_global_node", None)  # the node ray.init started
-    kill_all = getattr(node, "kill_all_processes", None)
-    if kill_all is not None and getattr(node, "all_processes", None):
-        def kill_all_processes(*args, **kwargs):
-            _end_together(_processes(node), grace)
-            return kill_all(*args, **kwargs)
+    from llray.distributed import head
 
-        node.kill_all_processes = kill_all_processes
-    ray.shutdown()
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        node = getattr(ray._private.worker, "_global_node", None)  # the node ray.init started
+        kill_all = getattr(node, "kill_all_processes", None)
+        if kill_all is not None and getattr(node, "all_processes", None):
+            def kill_all_processes(*args, **kwargs):
+                _end_together(_processes(node), grace)
+                return kill_all(*args, **kwargs)
+
+            node.kill_all_processes = kill_all_processes
+        ray.shutdown()
+    head.stop()  # a Ray started in a process of its own stops there, the same way
 
 
 def _processes(node) -> list[int]:

@@ -49,16 +49,19 @@ def connect(address: str | None = None, num_cpus: int | None = None,
     """
     address = resolve_address(address)
     if address is None:
-        loopback_only()
-        # the learners run at the user's priority like any other process (Ray's default
-        # starts workers at nice 15, behind every other program on the machine)
-        os.environ.setdefault("RAY_worker_niceness", "0")
+        embedded_environment()
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
         print("llray: warning: RAY_AUTH_MODE=disabled turns off Ray's token authentication;"
               " anyone who can reach this Ray can run code on it", file=sys.stderr)
     import ray
 
     if ray.is_initialized():
+        return
+    from llray.distributed import head
+
+    if address is None and head.launched() is not None:  # started by the command: join it
+        ray.init(address=head.launched().address(), log_to_driver=False)
+        _reinstall_sigterm()
         return
     if address is None:
         from llray.distributed.capacity import local_gpus
@@ -76,6 +79,17 @@ def connect(address: str | None = None, num_cpus: int | None = None,
         raise ConfigError("--address", f"no Ray cluster at {address!r}: "
                                        f"{str(e).splitlines()[0]}") from None
     _reinstall_sigterm()
+
+
+def embedded_environment() -> None:
+    """The environment of an embedded Ray, set before it starts (and ``ray`` is imported).
+
+    Its services stay on 127.0.0.1 (:func:`loopback_only`), and its learners run at the
+    user's priority like any other process (Ray's default starts workers at nice 15,
+    behind every other program on the machine).
+    """
+    loopback_only()
+    os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 def _reinstall_sigterm() -> None:
