@@ -83,11 +83,12 @@ def _start_ray_early(module: ModuleType, args: argparse.Namespace) -> None:
 
 def _stop_unused_ray() -> None:
     """Stop an early-started Ray the command never joined (it failed before, or had
-    nothing to run); a joined one stays for the caller, as Ray does after ``ray.init``."""
+    nothing to run); a joined one stays for the caller, as Ray does after ``ray.init``.
+    Not waited for: the child stops its Ray as soon as it has started."""
     head = sys.modules.get("llray.distributed.head")
     ray = sys.modules.get("ray")
     if head is not None and head.launched() is not None and not (ray and ray.is_initialized()):
-        head.stop()
+        head.stop(wait=False)
 
 
 def entry() -> NoReturn:
@@ -104,7 +105,7 @@ def entry() -> NoReturn:
         if "ray" in sys.modules:
             from llray.distributed.embedded import stop
 
-            stop()
+            stop(wait=False)  # the process exits next
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED if code == 0 else code
     finally:

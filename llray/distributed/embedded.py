@@ -78,7 +78,7 @@ def _skipped(self, *args, **kwargs) -> None:
     """A head-node service llray does not use: not started."""
 
 
-def stop(grace: float = 0.2) -> None:
+def stop(grace: float = 0.2, wait: bool = True) -> None:
     """Shut down this process's Ray; an embedded Ray's processes are stopped together.
 
     ``ray.shutdown`` disconnects the driver, then stops the node's processes one after
@@ -91,11 +91,19 @@ def stop(grace: float = 0.2) -> None:
     joined cluster (``--address``) is only disconnected from; a Ray the command started in
     a process of its own (:mod:`llray.distributed.head`) is stopped there, in this same
     way. Safe to call when Ray was never started.
+
+    ``wait=False`` is for a process that exits right after (the ``llray`` command): a Ray
+    in a child process is told to stop and not waited for, and this process does not
+    disconnect from it first (its exit does that); the child stops Ray's processes while
+    the shell already has its prompt back (0.3 + 0.5 s on 2 cores).
     """
     import sys
 
     from llray.distributed import head
 
+    if not wait and head.launched() is not None:
+        head.stop(wait=False)
+        return
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         node = getattr(ray._private.worker, "_global_node", None)  # the node ray.init started

@@ -15,7 +15,6 @@ import os
 import socket
 import sys
 
-from llray.distributed.checkpoint import is_node_local
 from llray.errors import ConfigError
 
 PROBE_TIMEOUT_S = 10.0  # a cluster address that does not accept a connection in this time
@@ -60,7 +59,10 @@ def connect(address: str | None = None, num_cpus: int | None = None,
     from llray.distributed import head
 
     if address is None and head.launched() is not None:  # started by the command: join it
-        ray.init(address=head.launched().address(), log_to_driver=False)
+        import logging
+
+        ray.init(address=head.launched().address(), log_to_driver=False,
+                 logging_level=logging.WARNING)  # no second "connecting" message
         _reinstall_sigterm()
         return
     if address is None:
@@ -177,6 +179,8 @@ def storage_warnings(output: str, checkpoint: str, num_nodes: int) -> list[str]:
     """
     if num_nodes <= 1:
         return []
+    from llray.distributed.checkpoint import is_node_local  # imports torch
+
     out = []
     if is_node_local(checkpoint):
         out.append(
