@@ -249,7 +249,9 @@ def test_a_killed_command_leaves_no_ray_process(tmp_path):
         while not any("LearnerActor" in c or "default_worker" in c
                       for c in tagged_processes(tag)) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert any("raylet" in c for c in tagged_processes(tag)), "Ray never started"
+        running = tagged_processes(tag)
+        assert any("raylet" in c for c in running), "Ray never started"
+        assert any("llray.distributed.head" in c for c in running), running  # early start
     finally:
         proc.kill()
         proc.wait()
