@@ -118,6 +118,20 @@ def fresh_env(tag: str) -> dict[str, str]:
     return {**env, "LLRAY_TEST_TAG": tag}
 
 
+def write_job(tmp_path, name: str, num_tasks: int, epochs: int, seeds: list[int]):
+    """A small naive-only job file."""
+    job = tmp_path / "job.yaml"
+    job.write_text(textwrap.dedent(f"""
+        experiment: {name}
+        stream: {{dataset: digits, kind: permuted, num_tasks: {num_tasks}, seed: 0}}
+        model: {{name: mlp, hidden: [16]}}
+        train: {{epochs: {epochs}, batch_size: 64, lr: 0.01}}
+        strategies: [naive]
+        seeds: {seeds}
+    """))
+    return job
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_embedded_ray_is_loopback_only_lean_and_leaves_nothing_running():
     tag = uuid.uuid4().hex
@@ -139,15 +153,7 @@ def test_embedded_ray_is_loopback_only_lean_and_leaves_nothing_running():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_llray_command_exits_with_its_code_and_leaves_no_ray_process(tmp_path):
-    job = tmp_path / "job.yaml"
-    job.write_text(textwrap.dedent("""
-        experiment: exits
-        stream: {dataset: digits, kind: permuted, num_tasks: 2, seed: 0}
-        model: {name: mlp, hidden: [16]}
-        train: {epochs: 1, batch_size: 64, lr: 0.01}
-        strategies: [naive]
-        seeds: [0, 1]
-    """))
+    job = write_job(tmp_path, "exits", num_tasks=2, epochs=1, seeds=[0, 1])
     tag = uuid.uuid4().hex
     run = [sys.executable, "-m", "llray.cli", "run", str(job), "--no-progress",
            "--num-cpus", "1", "--output"]
@@ -230,15 +236,7 @@ def test_early_ray_starts_in_a_child_and_the_command_joins_it():
 def test_a_killed_command_leaves_no_ray_process(tmp_path):
     """SIGKILL of the command mid-sweep: its Ray's child sees its input close and stops
     every Ray process (nothing can run in the command any more)."""
-    job = tmp_path / "job.yaml"
-    job.write_text(textwrap.dedent("""
-        experiment: killed
-        stream: {dataset: digits, kind: permuted, num_tasks: 3, seed: 0}
-        model: {name: mlp, hidden: [16]}
-        train: {epochs: 200, batch_size: 64, lr: 0.01}
-        strategies: [naive]
-        seeds: [0]
-    """))
+    job = write_job(tmp_path, "killed", num_tasks=3, epochs=200, seeds=[0])
     tag = uuid.uuid4().hex
     proc = subprocess.Popen([sys.executable, "-m", "llray.cli", "run", str(job), "--no-progress",
                              "--num-cpus", "1", "--output", str(tmp_path / "out")],
