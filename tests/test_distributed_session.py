@@ -266,3 +266,24 @@ def test_warm_workers_only_on_small_machines_and_never_over_the_users_settings(m
     assert warm_workers(PRESTART_MAX_CPUS + 1) == {}
     monkeypatch.setenv("RAY_enable_worker_prestart", "0")
     assert warm_workers(2)["RAY_enable_worker_prestart"] == "0"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_terminated_ray_child_stops_its_ray():
+    """SIGTERM to the child holding the Ray (a stop of the whole process group, say):
+    it stops every Ray process on its way out, and exits 143."""
+    code = textwrap.dedent("""
+        import os, signal
+        from llray.distributed import head
+        head.launch(1)
+        child = head.launched()
+        child.address()
+        os.kill(child.proc.pid, signal.SIGTERM)
+        print(child.proc.wait(30))
+    """)
+    tag = uuid.uuid4().hex
+    out = subprocess.run([sys.executable, "-c", code], env=fresh_env(tag),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "143"
+    assert outliving(tag) == []

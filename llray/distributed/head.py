@@ -12,8 +12,8 @@ the Ray the child started, a connection of a fraction of a second.
 The child prints one line, ``ready <GCS address>``, and keeps its Ray until its standard
 input closes: the command closes it when it is done (:func:`stop`), and the operating
 system closes it when the command dies in any way, so no Ray outlives its command. Then
-the child stops Ray's processes together (:func:`llray.distributed.embedded.stop`). It
-ignores SIGINT: a Ctrl+C in the terminal reaches the whole process group, and the
+the child stops Ray's processes together (:func:`llray.distributed.embedded.stop`), as it
+does on a SIGTERM of its own. It ignores SIGINT: a Ctrl+C in the terminal reaches the whole process group, and the
 command, not its Ray, decides what happens then.
 
 The child's stderr is the command's: Ray's start-up messages, and its error when it
@@ -138,15 +138,24 @@ def stop(wait: bool = True) -> None:
 
 
 def _serve(num_cpus: int, dashboard: bool) -> None:
-    """The child: start Ray, say where it is, keep it until stdin closes, stop it."""
+    """The child: start Ray, say where it is, keep it until stdin closes (or a SIGTERM
+    comes), stop it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _terminated)
     from llray.distributed import embedded
     from llray.distributed.capacity import local_gpus
 
-    info = embedded.start(num_cpus, local_gpus(), dashboard)
-    print(f"ready {info['gcs_address']}", flush=True)
-    sys.stdin.read()  # until the command closes it, or dies
-    embedded.stop()
+    try:
+        info = embedded.start(num_cpus, local_gpus(), dashboard)
+        signal.signal(signal.SIGTERM, _terminated)  # ray.init installed its own
+        print(f"ready {info['gcs_address']}", flush=True)
+        sys.stdin.read()  # until the command closes it, or dies
+    finally:
+        embedded.stop()
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # stop Ray on the way out (``_serve``'s finally)
 
 
 if __name__ == "__main__":
