@@ -1,5 +1,6 @@
-"""Curriculum search at equal compute: random, TPE over Lehmer codes, local search and the
-taskonomy's retention model, over a range of budgets counted in task trainings.
+"""Curriculum search at equal compute: random, TPE over Lehmer codes, local search, the
+taskonomy's retention model and a Mallows-kernel GP, over a range of budgets counted in
+task trainings, beside what any search could reach (the ceiling).
 
 Two streams of 5 tasks (120 orders), naive fine-tuning (the order decides what is
 forgotten), in this process (no Ray), small MLPs:
@@ -11,11 +12,12 @@ forgotten), in this process (no Ray), small MLPs:
   pairs follow which decides what survives: tasks differ in difficulty and in how much
   they overwrite each other).
 
-Ground truth: every one of the 120 orders is trained once (seed of the spec); its
-validation ACC and test ACC are cached (``--cache``, outside the repository). A method's
-"run" of an order looks up its *validation* ACC, so every method sees exactly the
-objective a study would; the order a method selects is its best on validation, and it
-succeeds when that order is in the top 10% of all 120 orders by *test* ACC.
+Ground truth: study seed s lives on run seed s: every one of the 120 orders is trained
+once with run seed s, its validation ACC and test ACC cached (``--cache``, outside the
+repository). A method's "run" of an order looks up its *validation* ACC on that seed, so
+every method sees exactly the objective a study would; the order a method selects is its
+best on validation, and it succeeds when that order is in the top 10% of all 120 orders
+by *test* ACC of the same run seed.
 
 Compute is counted in task trainings. A full run of an order trains T tasks. The
 pairwise runs of the taskonomy train task i once and then each j ≠ i next, so they cost
@@ -24,13 +26,10 @@ pair that starts with it (the scratch runs the taskonomy compares with are those
 first trainings with the same seed); at T = 5 that is 25 task trainings = 5 full runs,
 charged to the retention model out of the same budget. (``run_pairs_here`` trains each
 pair from scratch, 2T(T-1) + T = 45; the count above is what a shared first task costs.)
-A budget of B task trainings buys B / T order evaluations for random, TPE and local
-search, and (B − T²) / T for the retention model; with none left it takes the model's
-top order without evaluating it.
-
-Each study seed s gives the samplers their seed and the retention model its pairwise runs
-with run seed s (cached per seed), so the model differs between studies as it would
-between users.
+A budget of B task trainings buys B / T order evaluations for random, TPE, local search
+and the GP, and (B − T²) / T for the retention model; with none left it takes the
+model's top order without evaluating it. The retention model of study s uses pairwise
+runs with run seed s (cached per seed).
 
 Methods:
 
@@ -39,14 +38,26 @@ Methods:
 - ``local``: a permutation-aware search without a model: 3 random orders, then the
   unvisited neighbours (one task moved) of the best measured order, in random order;
 - ``retention``: :mod:`llray.curriculum_search`: the retention model ranks all orders,
-  its top 3 are run, then the neighbours of the best measured order, most promising first.
+  its top 3 are run, then the neighbours of the best measured order, most promising first;
+- ``gp``: :mod:`llray.curriculum_bo`: 2 random orders, then expected improvement under a
+  Gaussian process with the Mallows kernel, no pairwise runs;
+- ``informed`` (a reference, not a method): knows every order's mean test ACC over the
+  *other* run seeds, runs its top orders and selects on validation: what a perfect model
+  of the order's systematic effect would reach at that budget.
+
+The ceiling, per stream: the rate of an oracle that runs all 120 orders once and selects
+on validation; how systematic the order effect is (Spearman between two run seeds' test
+ACC, the run-seed share of the variance, held-out R² of a linear fit on position and
+precedence features, of the Mallows GP and of the other seeds' mean); per budget,
+whether 2x random search's rate is above 1 (no method can meet it) or above the
+informed reference.
 
 Printed per stream and budget over the study seeds: the share of studies whose selected
 order is in the top 10% (with its 95% Wilson interval), the share that selected the best
-order, the mean test rank (1 = best of 120) and the mean regret in test ACC; and the
-retention model's rate over random search's. Timings are not the result here (rates do
-not depend on load); the load average is printed because the ground truth takes longer
-on a busy machine.
+order, the mean test rank (1 = best of 120) and the mean regret in test ACC; and each
+method's rate over random search's. Timings are not the result here (rates do not depend
+on load); the load average is printed because the ground truth takes longer on a busy
+machine.
 
 Run: python benchmarks/bench_curriculum_search.py [--seeds 40] [--budgets 2 3 4 5 6 8 12 24]
 """
