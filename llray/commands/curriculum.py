@@ -160,9 +160,8 @@ def _search(spec, cfg, stream, output, args, options, budget, others=()):
     import pandas as pd
 
     from llray import curriculum as cu
-    from llray import taskonomy as tx
     from llray.curriculum_bo import gp_search
-    from llray.curriculum_search import RetentionModel, assess, search
+    from llray.curriculum_search import assess, search
     from llray.results import finished_run_ids
 
     label = spec.strategy.display
