@@ -340,8 +340,10 @@ def bench_stream(name: str, study: StudySpec, args: argparse.Namespace, cache: P
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=40, help="study seeds (>= 20); each one a ground truth of 120 runs per stream "
-                         "(cached; measured: 30-40 s per seed on rotated, 7 s on split digits, one core)")
+    ap.add_argument("--seeds", type=int, default=40,
+                    help="study seeds (>= 20); each one a ground truth of 120 runs per stream "
+                         "(cached; measured: 30-40 s per seed on rotated, 7 s on split "
+                         "digits, one core)")
     ap.add_argument("--budgets", type=int, nargs="+", default=[2, 3, 4, 5, 6, 7, 8, 10, 12, 24],
                     help="budgets in full runs' worth of task trainings (x T task trainings)")
     ap.add_argument("--streams", nargs="+", default=["rotated", "split-domain"])
