@@ -156,14 +156,15 @@ def search(
     return list(seen.items())
 
 
-def assess(measured: Mapping[Order, Sequence[float]], model: RetentionModel,
+def assess(measured: Mapping[Order, Sequence[float]], model: RetentionModel | None,
            confidence: float = 0.95) -> dict[str, Any]:
     """How sure the search is of its choice: the best measured order and what backs it.
 
     Args:
         measured: per evaluated order, its validation ACC on each seed (the same seeds, in
             the same order, for every order: the comparison is paired).
-        model: the retention model the search used.
+        model: the retention model the search used (None: a search without one, such as
+            :func:`llray.curriculum_bo.gp_search`; no predicted rank or model Spearman).
 
     Returns:
         ``order``, ``acc`` (mean over seeds), ``seeds``; ``runner_up`` and ``margin`` (mean
@@ -195,8 +196,11 @@ def assess(measured: Mapping[Order, Sequence[float]], model: RetentionModel,
     near = neighbours(best)
     out["neighbours_measured"] = sum(o in measured for o in near)
     out["neighbours_total"] = len(near)
-    out["predicted_rank"] = model.ranked().index(best) + 1 if model.num_tasks <= MAX_TASKS \
-        else None
+    out["predicted_rank"], out["model_spearman"] = None, float("nan")
+    if model is None:
+        return out
+    if model.num_tasks <= MAX_TASKS:
+        out["predicted_rank"] = model.ranked().index(best) + 1
     pred = [model.predict(o) for o in ranking]
     got = [means[o] for o in ranking]
     varied = len(ranking) >= 3 and np.ptp(pred) > 0 and np.ptp(got) > 0
@@ -205,10 +209,13 @@ def assess(measured: Mapping[Order, Sequence[float]], model: RetentionModel,
 
 
 def format_assessment(a: Mapping[str, Any], num_orders: int) -> str:
-    """:func:`assess` as a few lines of text for the command line."""
+    """:func:`assess` as a few lines of text for the command line (``a["search"]`` names
+    the search; default ``retention``)."""
     text = lambda o: " ".join(map(str, o))  # noqa: E731
-    lines = [f"retention search: chose {text(a['order'])} (validation ACC {a['acc']:.3f}, "
-             f"{a['seeds']} seed(s); the model ranked it {a['predicted_rank']} of {num_orders})"]
+    ranked = ("" if a["predicted_rank"] is None else
+              f"; the model ranked it {a['predicted_rank']} of {num_orders}")
+    lines = [f"{a.get('search', 'retention')} search: chose {text(a['order'])} (validation ACC "
+             f"{a['acc']:.3f}, {a['seeds']} seed(s){ranked})"]
     if a["runner_up"] is not None:
         lo, hi = a["margin_ci"]
         if np.isfinite(lo):

@@ -11,6 +11,9 @@ taskonomy's pairwise runs rank every order by the retention model, the search ru
 ``--search-budget`` orders (the top 3 predicted, then neighbours of the best measured on
 validation), each with every seed, labels them ``search-1`` … in the table, writes
 ``search.parquet`` beside ``orders.parquet`` and prints the chosen order and how sure it is.
+``--search gp`` needs no pairwise runs: 2 random orders, then each next order the one of
+highest expected improvement under a Gaussian process with the Mallows kernel fitted to
+the orders measured so far on validation (:mod:`llray.curriculum_bo`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from llray.errors import ConfigError
 NAME = "curriculum"
 HELP = ("compare task orders (identity, random, taskonomy, tuned; --search: searched) on one "
         "stream and strategy")
-SEARCHES = ("retention",)
+SEARCHES = ("retention", "gp")
 DEFAULT_BUDGET = 6
 
 
@@ -42,10 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search", choices=SEARCHES,
                    help="also search the order: 'retention' ranks every order by the "
                         "taskonomy's retention model, runs the top 3, then neighbours of the "
-                        "best on validation")
+                        "best on validation; 'gp' (no pairwise runs) runs 2 random orders, "
+                        "then the next by expected improvement under a Mallows-kernel GP "
+                        "fitted to the validation ACC measured so far")
     p.add_argument("--search-budget", type=int, metavar="N",
-                   help=f"orders the search runs, each with every seed, after the pairwise "
-                        f"runs (default {DEFAULT_BUDGET}; only with --search)")
+                   help=f"orders the search runs, each with every seed (retention: after the "
+                        f"pairwise runs; default {DEFAULT_BUDGET}; only with --search)")
 
 
 def uses_embedded_ray(args: argparse.Namespace) -> bool:
@@ -126,7 +131,8 @@ def check_search(args: argparse.Namespace, num_tasks: int) -> int:
 
     Raises:
         ConfigError: ``--search-budget`` without ``--search``, outside ``1..T!``;
-            ``--search`` with ``--no-taskonomy`` or with more tasks than the model ranks.
+            ``--search retention`` with ``--no-taskonomy``; ``--search`` with more tasks
+            than the search scores (``T!`` orders).
     """
     from math import factorial
 
@@ -134,13 +140,13 @@ def check_search(args: argparse.Namespace, num_tasks: int) -> int:
 
     if not args.search:
         if args.search_budget is not None:
-            raise ConfigError("--search-budget", "only with --search retention")
+            raise ConfigError("--search-budget", "only with --search retention or gp")
         return 0
-    if args.no_taskonomy:
+    if args.no_taskonomy and args.search == "retention":
         raise ConfigError("--no-taskonomy", "--search retention needs the taskonomy's "
                                             "pairwise runs; drop --no-taskonomy")
     if num_tasks > MAX_TASKS:
-        raise ConfigError("--search", f"ranks all T! orders: at most {MAX_TASKS} tasks, the "
+        raise ConfigError("--search", f"scores all T! orders: at most {MAX_TASKS} tasks, the "
                                       f"stream has {num_tasks}")
     budget = DEFAULT_BUDGET if args.search_budget is None else args.search_budget
     most = factorial(num_tasks)
@@ -151,7 +157,7 @@ def check_search(args: argparse.Namespace, num_tasks: int) -> int:
 
 
 def _search(spec, cfg, stream, output, args, options, budget, others=()):
-    """The retention model's search: ``(failed runs, {label: order}, assessment)``.
+    """The order search of ``--search``: ``(failed runs, {label: order}, assessment)``.
 
     ``others``: orders to run in the same sweep as the search's first orders (the
     comparison's other candidates), so that one sweep keeps the cluster busy."""
@@ -159,19 +165,12 @@ def _search(spec, cfg, stream, output, args, options, budget, others=()):
     import pandas as pd
 
     from llray import curriculum as cu
-    from llray import taskonomy as tx
-    from llray.curriculum_search import RetentionModel, assess, search
+    from llray.curriculum_bo import gp_search
+    from llray.curriculum_search import assess, search
     from llray.results import finished_run_ids
 
     label = spec.strategy.display
-    pairs = tx.load_pairs(output, label)
-    if pairs is None:
-        raise ConfigError("--search", f"no pairwise runs in {tx.folder(output, label)}")
-    if stream.has_val and set(pairs.get("split", pd.Series(["test"]))) != {"val"}:
-        raise ConfigError("--search", f"the pairwise runs in {tx.folder(output, label)} are "
-                                      "on the test split (written before validation splits); "
-                                      "remove that folder to recompute them on validation")
-    model = RetentionModel.from_pairs(pairs)
+    model = _retention_model(output, label, stream) if args.search == "retention" else None
     experiment = spec.experiment + cu.SUFFIX
     failed = 0
 
@@ -191,25 +190,48 @@ def _search(spec, cfg, stream, output, args, options, budget, others=()):
         value = np.nanmean(measured[order]) if np.isfinite(measured[order]).any() else -np.inf
         return float(value)
 
-    print(f"curriculum: retention search over {len(cfg.seeds)} seed(s), {budget} orders",
+    print(f"curriculum: {args.search} search over {len(cfg.seeds)} seed(s), {budget} orders",
           file=sys.stderr)
-    run_orders([*model.ranked()[:min(3, budget)], *others])  # one sweep for all of them
-    found = search(evaluate, model, budget)
+    if model is not None:
+        run_orders([*model.ranked()[:min(3, budget)], *others])  # one sweep for all of them
+        found = search(evaluate, model, budget)
+    else:  # the random start and the other candidates in one sweep, seeded by the stream
+        found = gp_search(evaluate, stream.num_tasks, budget, cfg.stream.seed,
+                          on_start=lambda first: run_orders([*first, *others]))
     ok = {o: v for o, v in measured.items() if np.isfinite(v).any()}
     assessment = None  # every run of the searched orders failed: nothing to choose
     if ok:  # a seed whose run failed counts as ACC 0 for that order
         assessment = assess({o: np.nan_to_num(v, nan=0.0) for o, v in ok.items()}, model)
+        assessment["search"] = args.search
     else:
-        print("llray: retention search: every run of the searched orders failed",
+        print(f"llray: {args.search} search: every run of the searched orders failed",
               file=sys.stderr)
     chosen = assessment["order"] if assessment else None
+    predicted = [model.predict(o) if model else np.nan for o, _ in found]
     cu.write_search(output, label, pd.DataFrame({
         "step": range(1, len(found) + 1),
         "order": [",".join(map(str, o)) for o, _ in found],
-        "predicted_acc": [model.predict(o) for o, _ in found],
+        "predicted_acc": predicted,
         "acc_val": [v for _, v in found],
         "chosen": [o == chosen for o, _ in found]}))
     return failed, {f"search-{k}": o for k, (o, _) in enumerate(found, 1)}, assessment
+
+
+def _retention_model(output, label, stream):
+    """The retention model from the taskonomy's pairwise runs in OUTPUT (validation)."""
+    import pandas as pd
+
+    from llray import taskonomy as tx
+    from llray.curriculum_search import RetentionModel
+
+    pairs = tx.load_pairs(output, label)
+    if pairs is None:
+        raise ConfigError("--search", f"no pairwise runs in {tx.folder(output, label)}")
+    if stream.has_val and set(pairs.get("split", pd.Series(["test"]))) != {"val"}:
+        raise ConfigError("--search", f"the pairwise runs in {tx.folder(output, label)} are "
+                                      "on the test split (written before validation splits); "
+                                      "remove that folder to recompute them on validation")
+    return RetentionModel.from_pairs(pairs)
 
 
 def _taskonomy(output, spec, seeds, stream, args) -> dict:

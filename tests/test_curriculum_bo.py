@@ -1,0 +1,162 @@
+"""Bayesian optimisation over task orders: precedence features, the Mallows-kernel GP, its
+expected improvement, the search, and ``llray curriculum --search gp``."""
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from llray import analysis
+from llray.cli import main
+from llray.curriculum_bo import MallowsGP, gp_search, kendall, precedence
+from test_curriculum_search import _config
+
+
+def _discordant(a, b):
+    """Pairs of tasks that the two orders put in opposite order, counted directly."""
+    pa, pb = {t: k for k, t in enumerate(a)}, {t: k for k, t in enumerate(b)}
+    return sum((pa[i] < pa[j]) != (pb[i] < pb[j]) for i, j in itertools.combinations(a, 2))
+
+
+def test_precedence_distance_is_the_kendall_distance_between_orders():
+    rng = np.random.default_rng(0)
+    orders = [tuple(rng.permutation(6)) for _ in range(30)]
+    D = kendall(precedence(orders), precedence(orders))
+    for a in range(30):
+        for b in range(30):
+            assert D[a, b] == _discordant(orders[a], orders[b])
+    # and scipy's tau: d = (1 - tau) * pairs / 2 for permutations
+    tau = stats.kendalltau(np.argsort(orders[0]), np.argsort(orders[1]))[0]
+    assert D[0, 1] == pytest.approx((1 - tau) * 15 / 2)
+
+
+def _direct_posterior(orders, y, lam, noise, query):
+    """The GP posterior written out from the kernel's definition, for comparison."""
+    m, s = np.mean(y), np.std(y)
+    z = (np.asarray(y) - m) / s
+    k = lambda A, B: np.array([[np.exp(-lam * _discordant(a, b)) for b in B] for a in A])  # noqa
+    K = k(orders, orders) + noise * np.eye(len(orders))
+    Kq = k(query, orders)
+    mu = Kq @ np.linalg.solve(K, z)
+    var = 1.0 - np.einsum("ij,ji->i", Kq, np.linalg.solve(K, Kq.T))
+    return m + s * mu, s * np.sqrt(var)
+
+
+def test_gp_fit_picks_the_marginal_likelihood_maximum_and_its_posterior_is_the_gp_formula():
+    rng = np.random.default_rng(1)
+    all_orders = list(itertools.permutations(range(5)))
+    orders = [all_orders[i] for i in rng.choice(120, 12, replace=False)]
+    y = rng.normal(0.6, 0.05, 12)
+    gp = MallowsGP.fit(orders, y)
+    z = (y - y.mean()) / y.std()
+
+    def loglik(lam, noise):
+        K = np.array([[np.exp(-lam * _discordant(a, b)) for b in orders] for a in orders])
+        return stats.multivariate_normal(np.zeros(12), K + noise * np.eye(12)).logpdf(z)
+    grid = [(c / 10, n) for c in (0.5, 1.0, 2.0, 4.0, 8.0) for n in (0.01, 0.1)]
+    assert (gp.lam, gp.noise) == max(grid, key=lambda g: loglik(*g))
+    query = all_orders[:20]
+    mu, sd = gp.posterior(query)
+    want_mu, want_sd = _direct_posterior(orders, y, gp.lam, gp.noise, query)
+    np.testing.assert_allclose(mu, want_mu, atol=1e-10)
+    np.testing.assert_allclose(sd, want_sd, atol=1e-8)
+    # near-noiseless: the posterior goes through the measured values
+    exact = MallowsGP.fit(orders, y, noises=(1e-8,))
+    np.testing.assert_allclose(exact.posterior(orders)[0], y, atol=1e-5)
+    assert exact.posterior(orders)[1].max() < 1e-3 < exact.posterior(query)[1].max()
+
+
+def test_expected_improvement_is_the_mean_excess_over_the_best_measured():
+    rng = np.random.default_rng(2)
+    orders = [tuple(rng.permutation(4)) for _ in range(6)]
+    orders = list(dict.fromkeys(orders))
+    y = rng.normal(0.5, 0.1, len(orders))
+    gp = MallowsGP.fit(orders, y)
+    query = list(itertools.permutations(range(4)))[:8]
+    mu, sd = gp.posterior(query)
+    draws = mu + sd * rng.standard_normal((400_000, len(query)))
+    monte_carlo = np.maximum(draws - y.max(), 0).mean(axis=0)
+    np.testing.assert_allclose(gp.expected_improvement(query), monte_carlo, rtol=0.02, atol=2e-4)
+
+
+def test_gp_search_spends_its_runs_and_finds_a_structured_optimum_random_search_misses():
+    hidden = (3, 0, 5, 1, 4, 2)
+    # ACC falls with the Kendall distance to a hidden order: 720 orders, one best
+    truth = {o: 0.9 - 0.02 * _discordant(o, hidden) for o in itertools.permutations(range(6))}
+    hits = 0
+    for seed in range(5):
+        calls = []
+        found = gp_search(lambda o: calls.append(o) or truth[o], 6, runs=25, seed=seed)
+        assert len(found) == len(calls) == 25 and len(set(calls)) == 25
+        assert [v for _, v in found] == [truth[o] for o in calls]
+        hits += hidden in calls
+    assert hits == 5  # random search: 25 of 720 orders, P(hit) = 3.5% per study
+    # the start is random and seeded: the same seed, the same first orders; another, others
+    first = lambda s: [o for o, _ in gp_search(truth.__getitem__, 6, runs=2, seed=s)]  # noqa
+    assert first(0) == first(0) != first(1)
+
+
+def test_gp_search_runs_its_start_in_one_batch_and_skips_failed_orders_in_the_fit():
+    batches = []
+    truth = {o: float(o[-1]) for o in itertools.permutations(range(4))}
+    failed = set()
+
+    def evaluate(o):
+        if len(failed) < 2 and o not in failed:  # the first two orders fail on every seed
+            failed.add(o)
+            return float("-inf")
+        return truth[o]
+    found = gp_search(evaluate, 4, runs=10, seed=3, on_start=batches.append)
+    assert batches == [[o for o, _ in found[:2]]]
+    assert [v for _, v in found[:2]] == [float("-inf")] * 2
+    assert all(np.isfinite(v) for _, v in found[2:]) and len({o for o, _ in found}) == 10
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_tasks=10, runs=3), dict(num_tasks=4, runs=0),
+                                    dict(num_tasks=4, runs=25), dict(num_tasks=4, runs=3,
+                                                                     start=0)])
+def test_gp_search_refuses_what_it_cannot_do(kwargs):
+    with pytest.raises(ValueError):
+        gp_search(lambda o: 0.0, seed=0, **kwargs)
+
+
+def test_gp_fit_refuses_mismatched_data():
+    with pytest.raises(ValueError, match="as many values as orders"):
+        MallowsGP.fit([(0, 1, 2)], [0.5, 0.6])
+    with pytest.raises(ValueError):
+        MallowsGP.fit([], [])
+
+
+# -- llray curriculum --search gp ------------------------------------------------------------
+def test_curriculum_gp_search_needs_no_pairwise_runs_and_stores_its_orders(ray_local, tmp_path,
+                                                                          capsys):
+    out = tmp_path / "out"
+    code = main(["curriculum", str(_config(tmp_path)), "--output", str(out), "--random", "0",
+                 "--no-taskonomy", "--search", "gp", "--search-budget", "3"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert not (out / "taskonomy").exists()
+    searched = pd.read_parquet(out / "curriculum" / "naive" / "search.parquet")
+    assert len(searched) == 3 and searched["order"].nunique() == 3
+    assert searched["predicted_acc"].isna().all()  # no retention model behind this search
+    runs = analysis.run_metrics(out, metrics=["acc"], experiment="cur-curriculum", split="val")
+    val = dict(zip(runs["order"], runs["acc"]))
+    np.testing.assert_allclose(searched["acc_val"], [val[o] for o in searched["order"]])
+    chosen = searched.loc[searched["chosen"], "order"].item()
+    assert val[chosen] == max(val[o] for o in searched["order"])
+    assert f"gp search: chose {chosen.replace(',', ' ')}" in text
+    assert "the model ranked it" not in text and "margin over the runner-up" in text
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--search", "gp", "--search-budget", "0"], "--search-budget"),
+    (["--search", "gp", "--search-budget", "7"], "--search-budget"),  # 3! = 6 orders
+])
+def test_curriculum_gp_search_bad_budget_exits_2_naming_the_flag(tmp_path, capsys, flags, named):
+    out = tmp_path / "out"
+    assert main(["curriculum", str(_config(tmp_path)), "--output", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and named in err
+    assert not out.exists()
