@@ -57,16 +57,15 @@ def _step_of(base: type) -> Callable | None:
     (on the class's first instance); those wrappers are skipped here, since torch wraps
     the subclass's own ``step`` the same way and its hooks run there, once.
     """
-    fn = vars(base).get("step")
+    guarded = vars(base).get("step")
     for _ in range(4):  # at most: hook wrapper -> grad-mode wrapper -> torch's step
-        code = getattr(fn, "__code__", None)
-        if code is None or code.co_name == "_use_grad":
+        if getattr(getattr(guarded, "__code__", None), "co_name", None) == "_use_grad":
             break
-        fn = getattr(fn, "__wrapped__", None)
-    guarded = fn
+        guarded = getattr(guarded, "__wrapped__", None)
+    else:
+        return None
     raw = getattr(guarded, "__wrapped__", None)
-    if getattr(guarded, "__code__", None) is None or guarded.__code__.co_name != "_use_grad" \
-            or raw is None:
+    if raw is None:
         return None
 
     def step(self: Any, closure: Callable[[], float] | None = None) -> Any:
