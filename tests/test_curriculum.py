@@ -18,9 +18,9 @@ CONFIG = {"experiment": "cur", "stream": {"dataset": "digits", "kind": "permuted
           "strategies": ["naive"], "seeds": [0]}
 
 
-def _config(tmp_path):
+def _config(tmp_path, config=CONFIG):
     path = tmp_path / "cur.yaml"
-    path.write_text(yaml.safe_dump(CONFIG))
+    path.write_text(yaml.safe_dump(config))
     return path
 
 

@@ -148,15 +148,3 @@ def test_curriculum_gp_search_needs_no_pairwise_runs_and_stores_its_orders(ray_l
     assert val[chosen] == max(val[o] for o in searched["order"])
     assert f"gp search: chose {chosen.replace(',', ' ')}" in text
     assert "the model ranked it" not in text and "margin over the runner-up" in text
-
-
-@pytest.mark.parametrize("flags, named", [
-    (["--search", "gp", "--search-budget", "0"], "--search-budget"),
-    (["--search", "gp", "--search-budget", "7"], "--search-budget"),  # 3! = 6 orders
-])
-def test_curriculum_gp_search_bad_budget_exits_2_naming_the_flag(tmp_path, capsys, flags, named):
-    out = tmp_path / "out"
-    assert main(["curriculum", str(_config(tmp_path)), "--output", str(out), *flags]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and named in err
-    assert not out.exists()

@@ -6,7 +6,6 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from llray import analysis
 from llray import taskonomy as tx
@@ -14,6 +13,7 @@ from llray.cli import main
 from llray.config import load_config
 from llray.curriculum_search import (RetentionModel, assess, format_assessment, neighbours,
                                      search)
+import test_curriculum as curriculum_tests
 
 
 def _pairs(after, final):
@@ -137,16 +137,12 @@ def test_assess_says_whether_the_choice_is_ahead_and_a_local_optimum():
 
 
 # -- llray curriculum --search retention ------------------------------------------------------
-CONFIG = {"experiment": "cur", "stream": {"dataset": "digits", "kind": "permuted", "num_tasks": 3,
-                                          "max_train_per_task": 60},
-          "model": {"hidden": [16]}, "train": {"epochs": 1, "batch_size": 64, "lr": 0.05},
-          "strategies": ["naive"], "seeds": [0]}
+CONFIG = {**curriculum_tests.CONFIG,
+          "stream": {**curriculum_tests.CONFIG["stream"], "max_train_per_task": 60}}
 
 
 def _config(tmp_path):
-    path = tmp_path / "cur.yaml"
-    path.write_text(yaml.safe_dump(CONFIG))
-    return path
+    return curriculum_tests._config(tmp_path, CONFIG)
 
 
 def _taskonomy_in(out, path, split="val"):
@@ -197,6 +193,8 @@ def test_curriculum_search_runs_the_models_orders_and_stores_them(ray_local, tmp
     (["--search", "retention", "--search-budget", "7"], "--search-budget"),  # 3! = 6 orders
     (["--search-budget", "3"], "--search-budget"),
     (["--search", "retention", "--no-taskonomy"], "--no-taskonomy"),
+    (["--search", "gp", "--search-budget", "0"], "--search-budget"),
+    (["--search", "gp", "--search-budget", "7"], "--search-budget"),
 ])
 def test_bad_search_flags_exit_2_naming_the_flag_and_write_nothing(tmp_path, capsys, flags, named):
     out = tmp_path / "out"
