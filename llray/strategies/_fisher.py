@@ -17,7 +17,7 @@ and the three ``kind`` values differ only in the distribution ``q_n`` of ``y``:
   unbiased one-sample Monte-Carlo estimate of the exact Fisher.
 
 **How.** Per-sample (and, for ``"exact"``, per-class) gradients come from ``vmap`` over
-the samples of a chunk of ``grad`` (one label) or ``jacrev`` (all classes) of the
+the samples of a chunk of ``grad`` (one label, or ``vmap`` over all classes) of the
 log-softmax of a ``functional_call`` of the model: no Python loop over samples. The
 log-likelihood is that of the *masked* logits (``mask`` is the run's
 :meth:`~llray.strategies.base.Context.mask`), so in task-IL the Fisher belongs to the
@@ -50,7 +50,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jacrev, vmap
+from torch.func import functional_call, grad, vmap
+
+from llray import lean_grad
+
+lean_grad.install()  # torch.func's backward without importing the compiler
 
 FisherKind = Literal["empirical", "exact", "sampled"]
 FISHER_KINDS: tuple[str, ...] = ("empirical", "exact", "sampled")
@@ -145,22 +149,34 @@ def _rest(model: nn.Module, fast: dict[str, nn.Linear]) -> Grads:
 def _all_classes(model, fast, mask, t, x) -> tuple[Tensor, Grads, Grads, Grads]:
     """Per-sample, per-class gradients of a chunk with the model's probabilities.
 
+    The gradient of every class's log-probability is a ``grad`` of that one output,
+    ``vmap``-ed over the classes: a backward pass seeded with the one-hot vector of the
+    class, which is what ``jacrev`` computes too, without its explicit cotangents (those
+    make ``torch.autograd.grad`` import its symbolic-shape checks, 0.5 s per process).
+
     Returns:
         ``p [B, C]``, ``δ {layer: [B, C, out]}``, ``g {param: [B, C, *shape]}``,
         ``a {layer: [B, in]}``.
     """
     probed = _Probed(model, fast, mask, t)
 
-    def with_aux(probes: Grads, rest: Grads, xi: Tensor) -> tuple[Tensor, tuple]:
+    def log_lik(probes: Grads, rest: Grads, xi: Tensor, c: Tensor) -> tuple[Tensor, tuple]:
         lp, inputs = probed.log_probs(probes, rest, xi)
-        return lp, (lp.detach().exp(), inputs)
+        return lp.gather(0, c.unsqueeze(0)).squeeze(0), (lp.detach().exp(), inputs)
 
-    per_sample = jacrev(with_aux, argnums=(0, 1), has_aux=True)
+    per_class = vmap(grad(log_lik, argnums=(0, 1), has_aux=True), in_dims=(None, None, None, 0))
+    classes = torch.arange(_num_classes(model, x), device=x.device)
     with probed.hooks():
-        (d, g), (p, a) = vmap(per_sample, in_dims=(None, None, 0))(
-            _probes(fast), _rest(model, fast), x
+        (d, g), (p, a) = vmap(per_class, in_dims=(None, None, 0, None))(
+            _probes(fast), _rest(model, fast), x, classes
         )
-    return p, d, g, a
+    # the auxiliary outputs do not depend on the class: vmap repeated them along it
+    return p[:, 0], d, g, {n: v[:, 0] for n, v in a.items()}
+
+
+@torch.no_grad()
+def _num_classes(model: nn.Module, x: Tensor) -> int:
+    return model(x[:1]).shape[-1]
 
 
 def _one_label(model, fast, mask, t, x, y) -> tuple[Tensor, Grads, Grads, Grads]:

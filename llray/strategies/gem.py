@@ -34,10 +34,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from llray import lean_grad
 from llray.config_base import require
 from llray.data.stream import Task
 from llray.strategies._qp import apply_projection, gem_project
 from llray.strategies.base import Context, Strategy, register
+
+lean_grad.install()  # torch.func's backward without importing the compiler
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from llray import lean_grad
 from llray.config_base import require
 from llray.data.stream import Task
 from llray.strategies._penalty import quadratic_penalty
 from llray.strategies.base import Batch, Context, Strategy, register
+
+lean_grad.install()  # torch.func's backward without importing the compiler
 
 CHUNK = 256  # samples per vectorised per-sample-gradient chunk
 
