@@ -287,3 +287,31 @@ def test_a_terminated_ray_child_stops_its_ray():
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == "143"
     assert outliving(tag) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's child subreaper")
+def test_the_ray_child_ends_descendants_whose_parent_exited_first():
+    """A Ray whose start failed leaves no initialised Ray to stop, and the raylet's agents
+    may outlive the raylet. The child adopts such orphans and ends them: here a middle
+    process starts a sleeper and exits at once, as a dying raylet leaves its agent."""
+    code = textwrap.dedent("""
+        import json, os, subprocess, sys, time
+        import ray  # noqa: F401 (the psutil Ray ships)
+        import psutil
+        from llray.distributed import embedded
+        adopted = embedded.adopt_orphans()
+        mid = subprocess.run([sys.executable, "-c", "import subprocess; "
+                              "print(subprocess.Popen(['sleep', '60'], "
+                              "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)"],
+                             capture_output=True, text=True, check=True)
+        orphan = psutil.Process(int(mid.stdout))
+        parent = orphan.ppid()
+        embedded.stop_descendants()
+        time.sleep(0.2)
+        running = orphan.is_running() and orphan.status() != psutil.STATUS_ZOMBIE
+        print(json.dumps([adopted, parent == os.getpid(), running]))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == [True, True, False]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import Iterator
 
 #: Ray's head-node services llray does not use, as methods of ``ray._private.node.Node``.
@@ -97,8 +98,6 @@ def stop(grace: float = 0.2, wait: bool = True) -> None:
     disconnect from it first (its exit does that); the child stops Ray's processes while
     the shell already has its prompt back (0.3 + 0.5 s on 2 cores).
     """
-    import sys
-
     from llray.distributed import head
 
     if not wait and head.launched() is not None:
@@ -116,6 +115,38 @@ def stop(grace: float = 0.2, wait: bool = True) -> None:
             node.kill_all_processes = kill_all_processes
         ray.shutdown()
     head.stop()  # a Ray started in a process of its own stops there, the same way
+
+
+def stop_descendants(grace: float = 0.2) -> None:
+    """End every process descended from this one, as :func:`stop` ends a node's.
+
+    For the process that started a Ray of its own (:mod:`llray.distributed.head`): a
+    start that fails (on an overloaded machine Ray's node can time out while starting)
+    leaves no initialised Ray for :func:`stop` to stop, but the GCS, the raylet and the
+    agents the raylet already started may run. With :func:`adopt_orphans` in force, the
+    ones whose parent already exited are this process's children too.
+    """
+    try:
+        import psutil
+    except ImportError:
+        return
+    with contextlib.suppress(psutil.Error):
+        children = [p.pid for p in psutil.Process().children() if p.status() != "zombie"]
+        if children:
+            _end_together(children, grace)
+
+
+def adopt_orphans() -> bool:
+    """Make this process the parent of its orphaned descendants (Linux's "child
+    subreaper"), so that :func:`stop_descendants` still finds a Ray agent whose raylet
+    died first; whether that is in force."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0) == 0
 
 
 def _processes(node) -> list[int]:

@@ -13,8 +13,10 @@ The child prints one line, ``ready <GCS address>``, and keeps its Ray until its 
 input closes: the command closes it when it is done (:func:`stop`), and the operating
 system closes it when the command dies in any way, so no Ray outlives its command. Then
 the child stops Ray's processes together (:func:`llray.distributed.embedded.stop`), as it
-does on a SIGTERM of its own. It ignores SIGINT: a Ctrl+C in the terminal reaches the whole process group, and the
-command, not its Ray, decides what happens then.
+does on a SIGTERM of its own, and then whatever else it started: when Ray failed to start
+(an overloaded machine), the GCS, the raylet and the raylet's agents may already run. It
+ignores SIGINT: a Ctrl+C in the terminal reaches the whole process group, and the command,
+not its Ray, decides what happens then.
 
 The child's stderr is the command's: Ray's start-up messages, and its error when it
 cannot start (then :meth:`Head.address` raises), reach the user as before.
@@ -139,19 +141,22 @@ def stop(wait: bool = True) -> None:
 
 def _serve(num_cpus: int, dashboard: bool) -> None:
     """The child: start Ray, say where it is, keep it until stdin closes (or a SIGTERM
-    comes), stop it."""
+    comes), stop it, and every process it started, even when Ray failed to start."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _terminated)
     from llray.distributed import embedded
     from llray.distributed.capacity import local_gpus
 
+    embedded.adopt_orphans()
     try:
         info = embedded.start(num_cpus, local_gpus(), dashboard)
         signal.signal(signal.SIGTERM, _terminated)  # ray.init installed its own
-        print(f"ready {info['gcs_address']}", flush=True)
-        sys.stdin.read()  # until the command closes it, or dies
+        with contextlib.suppress(BrokenPipeError):  # the command is gone already
+            print(f"ready {info['gcs_address']}", flush=True)
+            sys.stdin.read()  # until the command closes it, or dies
     finally:
         embedded.stop()
+        embedded.stop_descendants()
 
 
 def _terminated(signum: int, frame: object) -> None:
