@@ -175,11 +175,11 @@ class CpuMeter:
         while not self._stop.wait(0.05):
             for p in me.children(recursive=True):
                 try:
-                    t = p.cpu_times()
                     key = (p.pid, p.create_time())
-                    self.seen[key] = t.user + t.system
                     if key not in self.kinds:
                         self.kinds[key] = _kind(p.cmdline())
+                    t = p.cpu_times()
+                    self.seen[key] = t.user + t.system
                 except psutil.Error:
                     pass
 
