@@ -130,17 +130,22 @@ def test_gp_fit_refuses_mismatched_data():
 
 
 # -- llray curriculum --search gp ------------------------------------------------------------
-def test_curriculum_gp_search_needs_no_pairwise_runs_and_stores_its_orders(ray_local, tmp_path,
-                                                                          capsys):
-    out = tmp_path / "out"
+def test_curriculum_gp_search_computes_no_pairwise_runs_and_stores_its_orders(ray_local,
+                                                                             tmp_path, capsys):
+    out = tmp_path / "out"  # no --no-taskonomy: a GP search costs only its own runs
     code = main(["curriculum", str(_config(tmp_path)), "--output", str(out), "--random", "0",
-                 "--no-taskonomy", "--search", "gp", "--search-budget", "3"])
-    text = capsys.readouterr().out
+                 "--search", "gp", "--search-budget", "3"])
+    captured = capsys.readouterr()
+    text = captured.out
     assert code == 0, text
-    assert not (out / "taskonomy").exists()
+    assert not (out / "taskonomy").exists() and "taskonomy-" not in text
+    assert "taskonomy: not computed" in captured.err and "--taskonomy" in captured.err
     searched = pd.read_parquet(out / "curriculum" / "naive" / "search.parquet")
     assert len(searched) == 3 and searched["order"].nunique() == 3
     assert searched["predicted_acc"].isna().all()  # no retention model behind this search
+    trained = pd.read_parquet(out / "runs")["task_order"].map(lambda o: ",".join(map(str, o)))
+    # identity and the 3 searched orders, 1 seed each: nothing else was trained
+    assert sorted(trained) == sorted({"0,1,2", *searched["order"]})
     runs = analysis.run_metrics(out, metrics=["acc"], experiment="cur-curriculum", split="val")
     val = dict(zip(runs["order"], runs["acc"]))
     np.testing.assert_allclose(searched["acc_val"], [val[o] for o in searched["order"]])
@@ -148,3 +153,22 @@ def test_curriculum_gp_search_needs_no_pairwise_runs_and_stores_its_orders(ray_l
     assert val[chosen] == max(val[o] for o in searched["order"])
     assert f"gp search: chose {chosen.replace(',', ' ')}" in text
     assert "the model ranked it" not in text and "margin over the runner-up" in text
+
+
+
+@pytest.mark.parametrize("flags, computes", [
+    ([], True),                                   # the comparison's candidates
+    (["--search", "retention"], True),            # its model
+    (["--search", "gp"], False),                  # a GP search costs only its own runs
+    (["--search", "gp", "--taskonomy"], True),    # ... unless the comparison is asked for
+    (["--no-taskonomy"], False),
+    (["--search", "gp", "--no-taskonomy"], False),
+])
+def test_which_curriculum_commands_compute_the_taskonomy(flags, computes):
+    import argparse
+
+    from llray.commands import curriculum as command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    assert command.wants_taskonomy(parser.parse_args(["cfg.yaml", *flags])) is computes
