@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from llray import analysis
+from llray import curriculum as cu
 from llray.cli import main
 from llray.curriculum_bo import MallowsGP, gp_search, kendall, precedence
 from test_curriculum_search import _config
@@ -153,6 +154,18 @@ def test_curriculum_gp_search_computes_no_pairwise_runs_and_stores_its_orders(ra
     assert val[chosen] == max(val[o] for o in searched["order"])
     assert f"gp search: chose {chosen.replace(',', ' ')}" in text
     assert "the model ranked it" not in text and "margin over the runner-up" in text
+    # what the GP learned from besides the final ACC: the validation ACC over all tasks
+    # after each step of each searched run, read back from the store's val rows
+    rows = pd.read_parquet(out / "r_matrix")
+    rows = rows[(rows["split"] == "val") & (rows["experiment"] == "cur-curriculum")]
+    for order in searched["order"]:
+        got = cu.val_steps_by_seed(out, "cur-curriculum", "naive", tuple(map(int, order.split(","))),
+                                   [0, 7])
+        mine = rows[rows["task_order"].map(lambda o: ",".join(map(str, o))) == order]
+        want = mine.groupby("step")["accuracy"].mean().to_numpy()
+        assert got.shape == (2, 4) and np.isnan(got[1]).all()  # seed 7 never ran
+        np.testing.assert_allclose(got[0], want)
+        assert got[0, -1] == pytest.approx(val[order])
 
 
 

@@ -205,7 +205,16 @@ def _search(spec, cfg, stream, output, args, options, budget, others=()):
         run_orders([order])  # nothing to do when it ran in the first batch or before
         measured[order] = cu.val_by_seed(output, experiment, label, order, cfg.seeds)
         value = np.nanmean(measured[order]) if np.isfinite(measured[order]).any() else -np.inf
-        return float(value)
+        if model is not None or not np.isfinite(value):
+            return float(value)
+        # the GP also learns from the model after each step of the run (validation R rows)
+        steps = cu.val_steps_by_seed(output, experiment, label, order, cfg.seeds)
+        ok = steps[np.isfinite(steps[:, -1])]  # the seeds whose run finished
+        if not len(ok):
+            return float(value)
+        steps = ok.mean(axis=0)
+        steps[-1] = value
+        return steps
 
     print(f"curriculum: {args.search} search over {len(cfg.seeds)} seed(s), {budget} orders",
           file=sys.stderr)
