@@ -11,7 +11,8 @@ from scipy import stats
 from llray import analysis
 from llray import curriculum as cu
 from llray.cli import main
-from llray.curriculum_bo import MallowsGP, gp_search, kendall, precedence
+from llray.curriculum_bo import (RECENCY, MallowsGP, SuffixGP, gp_search, kendall,
+                                 precedence, suffix_codes, suffix_mismatch)
 from test_curriculum_search import _config
 
 
@@ -128,6 +129,79 @@ def test_gp_fit_refuses_mismatched_data():
         MallowsGP.fit([(0, 1, 2)], [0.5, 0.6])
     with pytest.raises(ValueError):
         MallowsGP.fit([], [])
+
+
+def _mismatch(p, q, T, recency):
+    """The weighted mismatch of two sequences compared from their ends, counted directly."""
+    w = [recency ** r for r in range(T)]
+    at = lambda s, r: s[len(s) - 1 - r] if r < len(s) else None  # noqa: E731
+    return sum(w[r] for r in range(T) if at(p, r) != at(q, r)) / sum(w)
+
+
+def test_suffix_kernel_compares_sequences_from_their_ends_with_recency_weights():
+    seqs = [(0, 1, 2, 3), (3, 2, 1, 0), (1, 2, 3), (2, 0, 1, 3), (3,), ()]
+    X = suffix_codes(seqs, 4)
+    assert X[2].tolist() == [3, 2, 1, 4] and X[5].tolist() == [4, 4, 4, 4]  # 4: nothing
+    for recency in (RECENCY, 1.0, 0.25):
+        M = suffix_mismatch(X, X, recency)
+        for a in range(len(seqs)):
+            for b in range(len(seqs)):
+                assert M[a, b] == pytest.approx(_mismatch(seqs[a], seqs[b], 4, recency))
+    M = suffix_mismatch(X, X)
+    # the same last task counts more than the same first task
+    assert M[0, 3] < M[0, 1] and M[0, 2] == pytest.approx(1 / 15)  # only "nothing" vs 0
+    # a product of per-position overlap kernels: positive definite on distinct sequences
+    assert np.linalg.eigvalsh(np.exp(-2.0 * M)).min() > 0
+
+
+def test_suffix_gp_picks_the_marginal_likelihood_maximum_and_its_posterior_is_the_gp_formula():
+    rng = np.random.default_rng(4)
+    seqs = list(dict.fromkeys(tuple(rng.permutation(5)[:rng.integers(2, 6)]) for _ in range(15)))
+    y = rng.normal(0.5, 0.05, len(seqs))
+    gp = SuffixGP.fit(seqs, y, 5)
+    z = (y - y.mean()) / y.std()
+
+    def kern(A, B, c):
+        return np.array([[np.exp(-c * _mismatch(a, b, 5, RECENCY)) for b in B] for a in A])
+
+    def loglik(c, noise):
+        K = kern(seqs, seqs, c) + noise * np.eye(len(seqs))
+        return stats.multivariate_normal(np.zeros(len(seqs)), K).logpdf(z)
+    grid = [(c, n) for c in (0.5, 1.0, 2.0, 4.0, 8.0) for n in (0.01, 0.1)]
+    assert (gp.scale_c, gp.noise) == max(grid, key=lambda g: loglik(*g))
+    query = list(itertools.permutations(range(5)))[:25]
+    K = kern(seqs, seqs, gp.scale_c) + gp.noise * np.eye(len(seqs))
+    Kq = kern(query, seqs, gp.scale_c)
+    want_mu = y.mean() + y.std() * (Kq @ np.linalg.solve(K, z))
+    want_sd = y.std() * np.sqrt(1 - np.einsum("ij,ji->i", Kq, np.linalg.solve(K, Kq.T)))
+    mu, sd = gp.posterior(query)
+    np.testing.assert_allclose(mu, want_mu, atol=1e-10)
+    np.testing.assert_allclose(sd, want_sd, atol=1e-8)
+    best = y.max()
+    draws = mu[:5] + sd[:5] * rng.standard_normal((400_000, 5))
+    np.testing.assert_allclose(gp.expected_improvement(query[:5], best),
+                               np.maximum(draws - best, 0).mean(axis=0), rtol=0.02, atol=2e-4)
+
+
+def test_gp_search_learns_from_each_runs_prefixes_when_given_its_steps():
+    T = 5
+    rng = np.random.default_rng(0)
+    last_two = {p: rng.uniform(0.3, 0.6) for p in itertools.permutations(range(T), 2)}
+    last_two[(3, 1)] = 0.8  # the best orders end with 3, 1: 6 of 120
+
+    def steps(o):  # the model after each step is as good as its last two tasks make it
+        return [0.1, 0.2] + [last_two[o[i - 2:i]] for i in range(2, T + 1)]
+
+    def hits(evaluate):
+        return sum(max(gp_search(evaluate, T, 8, s), key=lambda x: x[1])[0][-2:] == (3, 1)
+                   for s in range(10))
+    with_steps, final_only = hits(steps), hits(lambda o: steps(o)[-1])
+    # each run shows 4 suffixes when its steps are given; 8 random orders: P(hit) = 34%
+    assert with_steps >= 8 and final_only <= 5
+    found = gp_search(steps, T, 6, 0)
+    assert [v for _, v in found] == [steps(o)[-1] for o, _ in found]  # the final values
+    with pytest.raises(ValueError, match="per-step values"):
+        gp_search(lambda o: steps(o)[1:], T, 3, 0)  # T values, not T + 1
 
 
 # -- llray curriculum --search gp ------------------------------------------------------------
