@@ -50,9 +50,10 @@ Methods:
   expected improvement) was chosen on study seeds 60-73 of rotated (3 start seeds each,
   beside random search's exact expectation), which the reported measurement (seeds 0 to
   ``--seeds`` − 1) does not use: a random order and its reverse as the start, a start of
-  1, centring each prefix length, the posterior mean or Thompson sampling instead of EI,
-  a per-task GP over the R entries, and position or Mallows-plus-position kernels on the
-  final ACC were each no better there; ``--first-seed 60 --seeds 14`` repeats the
+  1, centring each prefix length, the posterior mean instead of EI, a per-task GP over
+  the R entries, and (on the final ACC) position, Mallows-plus-position and
+  Mallows-times-position kernels, Thompson sampling and a start of 3 spread orders were
+  each no better there; ``--first-seed 60 --seeds 14`` repeats the
   measurement on those seeds;
 - ``informed`` (a reference, not a method): knows every order's mean test ACC over the
   *other* run seeds, runs its top orders and selects on validation: what a perfect model

@@ -13,8 +13,9 @@ validation), each with every seed, labels them ``search-1`` … in the table, wr
 ``search.parquet`` beside ``orders.parquet`` and prints the chosen order and how sure it is.
 ``--search gp`` needs no pairwise runs and computes none unless ``--taskonomy`` asks for
 the taskonomy's orders as candidates (ones already in OUTPUT for this config are shown):
-it searches with a Gaussian process over orders fitted to the orders measured so far on
-validation (:mod:`llray.curriculum_bo`).
+2 random orders, then each next order the one of highest expected improvement under a
+Gaussian process fitted to the validation ACC after every step of the runs so far (each
+prefix of a run informs the orders that end the same way; :mod:`llray.curriculum_bo`).
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also search the order: 'retention' ranks every order by the "
                         "taskonomy's retention model, runs the top 3, then neighbours of the "
                         "best on validation; 'gp' (no pairwise runs) runs 2 random orders, "
-                        "then the next by expected improvement under a Mallows-kernel GP "
-                        "fitted to the validation ACC measured so far")
+                        "then the next by expected improvement under a GP fitted to the "
+                        "validation ACC after every step of the runs so far (orders "
+                        "compared from their last tasks)")
     p.add_argument("--search-budget", type=int, metavar="N",
                    help=f"orders the search runs, each with every seed (retention: after the "
                         f"pairwise runs; default {DEFAULT_BUDGET}; only with --search)")
