@@ -1,5 +1,5 @@
 """Curriculum search at equal compute: random, TPE over Lehmer codes, local search, the
-taskonomy's retention model and a Mallows-kernel GP, over a range of budgets counted in
+taskonomy's retention model and two Gaussian-process searches, over budgets counted in
 task trainings, beside what any search could reach (the ceiling).
 
 Two streams of 5 tasks (120 orders), naive fine-tuning (the order decides what is

@@ -40,10 +40,13 @@ orders. What it buys over random search and over the retention model
 Example:
     >>> import itertools
     >>> truth = {o: -abs(o.index(2) - 4) for o in itertools.permutations(range(5))}
-    >>> found = gp_search(truth.__getitem__, 5, runs=8, seed=0)
+    >>> found = gp_search(truth.__getitem__, 5, runs=8, seed=0)  # final values: Mallows
     >>> len(found), len({o for o, _ in found})
     (8, 8)
     >>> max(found, key=lambda x: x[1])[0][-1]  # task 2 last is best: found in 8 of 120
+    2
+    >>> steps = lambda o: [0.0] + [float(o[i - 1] == 2) for i in range(1, 6)]  # per step
+    >>> max(gp_search(steps, 5, runs=4, seed=0), key=lambda x: x[1])[0][-1]
     2
 """
 
