@@ -207,6 +207,35 @@ def val_by_seed(output: str | Path, experiment: str, strategy: str,
     return np.array([by_seed.get(int(s), np.nan) for s in seeds], dtype=float)
 
 
+def val_steps_by_seed(output: str | Path, experiment: str, strategy: str,
+                      order: Sequence[int], seeds: Sequence[int]) -> np.ndarray:
+    """``[len(seeds), T + 1]``: the validation ACC over all T tasks after each step of
+    ``order``'s run with each seed (the row means of its validation R; step 0 is the
+    untrained model, the last step the run's ACC); NaN rows for a seed without a finished
+    run. A store without validation rows gives the test R's, as :func:`val_by_seed`.
+
+    Example:
+        steps = val_steps_by_seed("results/q", "q-curriculum", "naive", (2, 0, 1), [0, 1])
+    """
+    from llray.results import load_r_matrix, r_matrix_of
+
+    T = len(order)
+    per_run = analysis.run_metrics(output, metrics=["acc"], experiment=experiment)
+    per_run = per_run[(per_run["strategy"] == strategy)
+                      & (per_run["order"] == ",".join(map(str, order)))]
+    out = np.full((len(seeds), T + 1), np.nan)
+    if per_run.empty:
+        return out
+    rows = load_r_matrix(output, experiment=experiment)
+    rows = rows[rows["run_id"].isin(set(per_run["run_id"]))]
+    split = "val" if "split" in rows and (rows["split"] == "val").any() else "test"
+    where = {int(s): k for k, s in enumerate(seeds)}
+    for run_id, seed in zip(per_run["run_id"], per_run["seed"].astype(int)):
+        if seed in where and (rows["run_id"] == run_id).any():
+            out[where[seed]] = np.nanmean(r_matrix_of(rows, run_id, split), axis=1)
+    return out
+
+
 def write_search(output: str | Path, strategy: str, searched: pd.DataFrame) -> Path:
     """``OUTPUT/curriculum/<strategy>/search.parquet``: the orders a search ran (atomic)."""
     import pyarrow as pa

@@ -193,6 +193,8 @@ def test_curriculum_search_runs_the_models_orders_and_stores_them(ray_local, tmp
     (["--search", "retention", "--search-budget", "7"], "--search-budget"),  # 3! = 6 orders
     (["--search-budget", "3"], "--search-budget"),
     (["--search", "retention", "--no-taskonomy"], "--no-taskonomy"),
+    (["--search", "gp", "--taskonomy", "--no-taskonomy"], "--taskonomy"),
+    (["--taskonomy", "--no-taskonomy"], "--taskonomy"),
     (["--search", "gp", "--search-budget", "0"], "--search-budget"),
     (["--search", "gp", "--search-budget", "7"], "--search-budget"),
 ])

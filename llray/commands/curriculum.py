@@ -11,9 +11,11 @@ taskonomy's pairwise runs rank every order by the retention model, the search ru
 ``--search-budget`` orders (the top 3 predicted, then neighbours of the best measured on
 validation), each with every seed, labels them ``search-1`` … in the table, writes
 ``search.parquet`` beside ``orders.parquet`` and prints the chosen order and how sure it is.
-``--search gp`` needs no pairwise runs: 2 random orders, then each next order the one of
-highest expected improvement under a Gaussian process with the Mallows kernel fitted to
-the orders measured so far on validation (:mod:`llray.curriculum_bo`).
+``--search gp`` needs no pairwise runs and computes none unless ``--taskonomy`` asks for
+the taskonomy's orders as candidates (ones already in OUTPUT for this config are shown):
+2 random orders, then each next order the one of highest expected improvement under a
+Gaussian process fitted to the validation ACC after every step of the runs so far (each
+prefix of a run informs the orders that end the same way; :mod:`llray.curriculum_bo`).
 """
 
 from __future__ import annotations
@@ -42,12 +44,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                    "every study there that searched the order)")
     p.add_argument("--no-taskonomy", action="store_true",
                    help="do not compute the taskonomy orders when OUTPUT has none")
+    p.add_argument("--taskonomy", action="store_true",
+                   help="compute the taskonomy orders when OUTPUT has none, also with "
+                        "--search gp (which otherwise spends only its own runs)")
     p.add_argument("--search", choices=SEARCHES,
                    help="also search the order: 'retention' ranks every order by the "
                         "taskonomy's retention model, runs the top 3, then neighbours of the "
                         "best on validation; 'gp' (no pairwise runs) runs 2 random orders, "
-                        "then the next by expected improvement under a Mallows-kernel GP "
-                        "fitted to the validation ACC measured so far")
+                        "then the next by expected improvement under a GP fitted to the "
+                        "validation ACC after every step of the runs so far (orders "
+                        "compared from their last tasks)")
     p.add_argument("--search-budget", type=int, metavar="N",
                    help=f"orders the search runs, each with every seed (retention: after the "
                         f"pairwise runs; default {DEFAULT_BUDGET}; only with --search)")
@@ -131,13 +137,16 @@ def check_search(args: argparse.Namespace, num_tasks: int) -> int:
 
     Raises:
         ConfigError: ``--search-budget`` without ``--search``, outside ``1..T!``;
-            ``--search retention`` with ``--no-taskonomy``; ``--search`` with more tasks
+            ``--search retention`` with ``--no-taskonomy``; ``--taskonomy`` with
+            ``--no-taskonomy``; ``--search`` with more tasks
             than the search scores (``T!`` orders).
     """
     from math import factorial
 
     from llray.curriculum_search import MAX_TASKS
 
+    if args.taskonomy and args.no_taskonomy:
+        raise ConfigError("--taskonomy", "contradicts --no-taskonomy; give one of them")
     if not args.search:
         if args.search_budget is not None:
             raise ConfigError("--search-budget", "only with --search retention or gp")
@@ -154,6 +163,16 @@ def check_search(args: argparse.Namespace, num_tasks: int) -> int:
         raise ConfigError("--search-budget", f"must be an integer in 1..{most} (the orders of "
                                              f"{num_tasks} tasks), got {budget}")
     return budget
+
+
+def wants_taskonomy(args: argparse.Namespace) -> bool:
+    """Whether to compute the taskonomy's pairwise runs when OUTPUT has none for this
+    config: yes by default (they are the comparison's candidates and the retention
+    search's model), no with ``--no-taskonomy``, and no with ``--search gp`` unless
+    ``--taskonomy`` asks for them (a GP search costs only its own runs)."""
+    if args.no_taskonomy:
+        return False
+    return args.taskonomy or args.search != "gp"
 
 
 def _search(spec, cfg, stream, output, args, options, budget, others=()):
@@ -188,7 +207,16 @@ def _search(spec, cfg, stream, output, args, options, budget, others=()):
         run_orders([order])  # nothing to do when it ran in the first batch or before
         measured[order] = cu.val_by_seed(output, experiment, label, order, cfg.seeds)
         value = np.nanmean(measured[order]) if np.isfinite(measured[order]).any() else -np.inf
-        return float(value)
+        if model is not None or not np.isfinite(value):
+            return float(value)
+        # the GP also learns from the model after each step of the run (validation R rows)
+        steps = cu.val_steps_by_seed(output, experiment, label, order, cfg.seeds)
+        ok = steps[np.isfinite(steps[:, -1])]  # the seeds whose run finished
+        if not len(ok):
+            return float(value)
+        steps = ok.mean(axis=0)
+        steps[-1] = value
+        return steps
 
     print(f"curriculum: {args.search} search over {len(cfg.seeds)} seed(s), {budget} orders",
           file=sys.stderr)
@@ -243,7 +271,10 @@ def _taskonomy(output, spec, seeds, stream, args) -> dict:
     found = tx.load(output, spec.strategy.display)
     if found is not None and set(found[0]["config"]) == {tx.describe(spec, seeds)}:
         aff, curr = found
-    elif args.no_taskonomy:
+    elif not wants_taskonomy(args):
+        if args.search == "gp" and not args.no_taskonomy:
+            print("taskonomy: not computed (--search gp spends only its own runs; "
+                  "--taskonomy adds the taskonomy's orders as candidates)", file=sys.stderr)
         return {}
     else:
         print("taskonomy: computing the pairwise transfer first", file=sys.stderr)
