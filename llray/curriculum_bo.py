@@ -95,6 +95,19 @@ def kendall(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a.sum(axis=1)[:, None] + b.sum(axis=1)[None, :] - 2.0 * (a @ b.T)
 
 
+def _values(values: Sequence[float], n: int, what: str) -> np.ndarray:
+    """``values`` as floats, one per measured ``what`` (at least one).
+
+    Raises:
+        ValueError: no values, or not ``n`` of them.
+    """
+    y = np.asarray(values, dtype=np.float64)
+    if len(y) == 0 or len(y) != n:
+        raise ValueError(f"need as many values as {what} (>= 1), got {len(y)} values "
+                         f"for {n} {what}")
+    return y
+
+
 @dataclass(frozen=True)
 class MallowsGP:
     """The GP posterior over orders' ACC given measured orders (``fit`` builds it).
@@ -121,10 +134,7 @@ class MallowsGP:
         Raises:
             ValueError: no orders, or orders and values of different lengths.
         """
-        y = np.asarray(values, dtype=np.float64)
-        if len(y) == 0 or len(y) != len(orders):
-            raise ValueError(f"need as many values as orders (>= 1), got {len(y)} values "
-                             f"for {len(orders)} orders")
+        y = _values(values, len(orders), "orders")
         X = precedence(orders)
         pairs = max(1, X.shape[1])
         sd = float(y.std())
@@ -212,10 +222,7 @@ class SuffixGP:
         Raises:
             ValueError: no sequences, or sequences and values of different lengths.
         """
-        y = np.asarray(values, dtype=np.float64)
-        if len(y) == 0 or len(y) != len(seqs):
-            raise ValueError(f"need as many values as sequences (>= 1), got {len(y)} values "
-                             f"for {len(seqs)} sequences")
+        y = _values(values, len(seqs), "sequences")
         X = suffix_codes(seqs, num_tasks)
         sd = float(y.std())
         mean, scale = float(y.mean()), sd if sd > 0 else 1.0
