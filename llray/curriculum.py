@@ -192,16 +192,21 @@ def _val_acc(output: str | Path, experiment: str) -> pd.DataFrame:
     return val[["run_id", "acc"]].rename(columns={"acc": "acc_val"})
 
 
+def _runs_of(output: str | Path, experiment: str, strategy: str,
+             order: Sequence[int]) -> pd.DataFrame:
+    """The finished runs' metrics (test ACC) of ``strategy`` learning ``order``."""
+    per_run = analysis.run_metrics(output, metrics=["acc"], experiment=experiment)
+    return per_run[(per_run["strategy"] == strategy)
+                   & (per_run["order"] == ",".join(map(str, order)))]
+
+
 def val_by_seed(output: str | Path, experiment: str, strategy: str,
                 order: Sequence[int], seeds: Sequence[int]) -> np.ndarray:
     """Validation ACC of ``order``'s run with each of ``seeds`` (in that order; NaN for a
     seed without a finished run). A store without validation rows gives test ACC, as
     :func:`compare` ranks it."""
     runs = _val_acc(output, experiment)
-    per_run = analysis.run_metrics(output, metrics=["acc"], experiment=experiment)
-    per_run = per_run[(per_run["strategy"] == strategy)
-                      & (per_run["order"] == ",".join(map(str, order)))]
-    per_run = per_run.merge(runs, on="run_id", how="left")
+    per_run = _runs_of(output, experiment, strategy, order).merge(runs, on="run_id", how="left")
     value = per_run["acc_val"].fillna(per_run["acc"])
     by_seed = dict(zip(per_run["seed"].astype(int), value))
     return np.array([by_seed.get(int(s), np.nan) for s in seeds], dtype=float)
@@ -220,9 +225,7 @@ def val_steps_by_seed(output: str | Path, experiment: str, strategy: str,
     from llray.results import load_r_matrix, r_matrix_of
 
     T = len(order)
-    per_run = analysis.run_metrics(output, metrics=["acc"], experiment=experiment)
-    per_run = per_run[(per_run["strategy"] == strategy)
-                      & (per_run["order"] == ",".join(map(str, order)))]
+    per_run = _runs_of(output, experiment, strategy, order)
     out = np.full((len(seeds), T + 1), np.nan)
     if per_run.empty:
         return out
