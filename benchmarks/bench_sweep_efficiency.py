@@ -49,6 +49,7 @@ import yaml  # noqa: E402
 
 from llray.config import load_config, parse_config  # noqa: E402
 from llray.data import make_stream  # noqa: E402
+from llray.distributed import embedded  # noqa: E402
 from llray.experiment import execute  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -114,7 +115,7 @@ def llray_run(config_path: str, cpus: int) -> tuple[float, dict[str, float]]:
     """Wall seconds of ``llray run`` as a subprocess, and the timings it printed, with
     ``"cpu"``: the CPU seconds of the command and of every process it started (its Ray
     included), where this process can keep them as descendants (Linux), else NaN."""
-    adopted = _adopt_orphans()
+    adopted = embedded.adopt_orphans()  # its Ray stays among this process's descendants
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         p = subprocess.Popen([LLRAY, "run", config_path, "--output", out, "--no-progress",
@@ -136,7 +137,7 @@ def llray_run(config_path: str, cpus: int) -> tuple[float, dict[str, float]]:
 
 class CpuMeter:
     """CPU seconds of this process's descendants while inside, polled every 50 ms (each
-    process's last 50 ms may be missed: a lower bound). With :func:`_adopt_orphans` in
+    process's last 50 ms may be missed: a lower bound). With ``embedded.adopt_orphans`` in
     force, a process whose parent exited stays a descendant."""
 
     def __init__(self) -> None:
@@ -194,16 +195,6 @@ def _kind(cmdline: list[str]) -> str:
              ("gcs_server", "GCS"), ("raylet/raylet", "raylet"), (" run ", "llray driver"))
     return next((kind for key, kind in kinds if key in line), os.path.basename(cmdline[0])
                 if cmdline else "?")
-
-
-def _adopt_orphans() -> bool:
-    """Linux: processes the command leaves behind (its Ray) become this process's children
-    when their parent exits, so that they stay among its descendants."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # CHILD_SUBREAPER
 
 
 def _reap_all(timeout: float = 30.0) -> None:
