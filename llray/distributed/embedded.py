@@ -131,7 +131,8 @@ def stop_descendants(grace: float = 0.2) -> None:
     except ImportError:
         return
     with contextlib.suppress(psutil.Error):
-        children = [p.pid for p in psutil.Process().children() if p.status() != psutil.STATUS_ZOMBIE]
+        children = [p.pid for p in psutil.Process().children()
+                    if p.status() != psutil.STATUS_ZOMBIE]
         if children:
             _end_together(children, grace)
 
