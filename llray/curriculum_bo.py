@@ -108,6 +108,40 @@ def _values(values: Sequence[float], n: int, what: str) -> np.ndarray:
     return y
 
 
+def _standardised(y: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """``(mean, scale, z)`` with ``z = (y - mean) / scale`` (scale 1 for constant ``y``)."""
+    sd = float(y.std())
+    mean, scale = float(y.mean()), sd if sd > 0 else 1.0
+    return mean, scale, (y - mean) / scale
+
+
+def _fit_by_likelihood(z: np.ndarray, kernel: Callable[[float], np.ndarray],
+                       scales: Sequence[float], noises: Sequence[float]
+                       ) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Type-II maximum likelihood over the grid: the ``(c, noise)`` whose GP (covariance
+    ``kernel(c) + noise·I`` of the standardised values ``z``) has the highest marginal
+    likelihood (the first on ties), with the Cholesky factor ``L`` and ``alpha = K⁻¹ z``."""
+    best = None
+    for c in scales:
+        for noise in noises:
+            L = np.linalg.cholesky(kernel(c) + noise * np.eye(len(z)))
+            alpha = np.linalg.solve(L.T, np.linalg.solve(L, z))
+            loglik = -0.5 * z @ alpha - np.log(np.diag(L)).sum()
+            if best is None or loglik > best[0] + 1e-12:
+                best = (loglik, c, noise, L, alpha)
+    return best[1:]
+
+
+def _posterior(Kc: np.ndarray, alpha: np.ndarray, chol: np.ndarray, mean: float,
+               scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and standard deviation (in the values' units) at points whose
+    kernel rows against the measured ones are ``Kc``."""
+    mu = Kc @ alpha
+    v = np.linalg.solve(chol, Kc.T)
+    sd = np.sqrt(np.clip(1.0 - (v * v).sum(axis=0), 1e-12, None))
+    return mean + scale * mu, scale * sd
+
+
 @dataclass(frozen=True)
 class MallowsGP:
     """The GP posterior over orders' ACC given measured orders (``fit`` builds it).
@@ -137,28 +171,16 @@ class MallowsGP:
         y = _values(values, len(orders), "orders")
         X = precedence(orders)
         pairs = max(1, X.shape[1])
-        sd = float(y.std())
-        mean, scale = float(y.mean()), sd if sd > 0 else 1.0
-        z = (y - mean) / scale
+        mean, scale, z = _standardised(y)
         D = kendall(X, X)
-        best = None
-        for c in scales:
-            for noise in noises:
-                L = np.linalg.cholesky(np.exp(-c / pairs * D) + noise * np.eye(len(z)))
-                alpha = np.linalg.solve(L.T, np.linalg.solve(L, z))
-                loglik = -0.5 * z @ alpha - np.log(np.diag(L)).sum()
-                if best is None or loglik > best[0] + 1e-12:
-                    best = (loglik, c / pairs, noise, L, alpha)
-        _, lam, noise, L, alpha = best
-        return cls(X, alpha, L, lam, noise, mean, scale, float(z.max()))
+        c, noise, L, alpha = _fit_by_likelihood(z, lambda c: np.exp(-c / pairs * D), scales,
+                                                noises)
+        return cls(X, alpha, L, c / pairs, noise, mean, scale, float(z.max()))
 
     def posterior(self, orders: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and standard deviation of ``orders``' ACC (in ACC units)."""
         Kc = np.exp(-self.lam * kendall(precedence(orders), self.measured))
-        mu = Kc @ self.alpha
-        v = np.linalg.solve(self.chol, Kc.T)
-        sd = np.sqrt(np.clip(1.0 - (v * v).sum(axis=0), 1e-12, None))
-        return self.mean + self.scale * mu, self.scale * sd
+        return _posterior(Kc, self.alpha, self.chol, self.mean, self.scale)
 
     def expected_improvement(self, orders: Sequence[Sequence[int]]) -> np.ndarray:
         """Expected improvement of each order over the best measured value."""
@@ -224,29 +246,16 @@ class SuffixGP:
         """
         y = _values(values, len(seqs), "sequences")
         X = suffix_codes(seqs, num_tasks)
-        sd = float(y.std())
-        mean, scale = float(y.mean()), sd if sd > 0 else 1.0
-        z = (y - mean) / scale
+        mean, scale, z = _standardised(y)
         M = suffix_mismatch(X, X, recency)
-        best = None
-        for c in scales:
-            for noise in noises:
-                L = np.linalg.cholesky(np.exp(-c * M) + noise * np.eye(len(z)))
-                alpha = np.linalg.solve(L.T, np.linalg.solve(L, z))
-                loglik = -0.5 * z @ alpha - np.log(np.diag(L)).sum()
-                if best is None or loglik > best[0] + 1e-12:
-                    best = (loglik, c, noise, L, alpha)
-        _, c, noise, L, alpha = best
+        c, noise, L, alpha = _fit_by_likelihood(z, lambda c: np.exp(-c * M), scales, noises)
         return cls(X, alpha, L, float(c), float(noise), mean, scale, recency)
 
     def posterior(self, seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and standard deviation of ``seqs``' value (in ACC units)."""
         Q = suffix_codes(seqs, self.measured.shape[1])
         Kc = np.exp(-self.scale_c * suffix_mismatch(Q, self.measured, self.recency))
-        mu = Kc @ self.alpha
-        v = np.linalg.solve(self.chol, Kc.T)
-        sd = np.sqrt(np.clip(1.0 - (v * v).sum(axis=0), 1e-12, None))
-        return self.mean + self.scale * mu, self.scale * sd
+        return _posterior(Kc, self.alpha, self.chol, self.mean, self.scale)
 
     def expected_improvement(self, seqs: Sequence[Sequence[int]], best: float) -> np.ndarray:
         """Expected improvement of each sequence's value over ``best`` (ACC units)."""
