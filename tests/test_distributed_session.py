@@ -315,3 +315,36 @@ def test_the_ray_child_ends_descendants_whose_parent_exited_first():
                          timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.splitlines()[-1]) == [True, True, False]
+
+
+AGENT_PORT = textwrap.dedent(r'''
+    import json, socket
+    from ray._private.ray_constants import DEFAULT_DASHBOARD_AGENT_LISTEN_PORT as FIXED
+    held = socket.socket()  # another Ray on this machine holds Ray's fixed agent port
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        held.bind(("127.0.0.1", FIXED))
+        held.listen(1)
+    except OSError:
+        pass  # held already: by a Ray of this test session or another one
+    from llray.distributed import embedded
+    from llray.distributed.session import loopback_only
+    loopback_only()
+    embedded.start(1, None, False)
+    import ray
+    node = ray.nodes()[0]
+    logs = ray._private.worker._global_node.get_logs_dir_path()
+    log = open(f"{logs}/dashboard_agent.log").read()
+    print(json.dumps({"port": node["DashboardAgentListenPort"], "fixed": FIXED,
+                      "retried": "Failed to bind" in log}))
+    embedded.stop()
+''')
+
+
+def test_the_embedded_agent_serves_on_a_free_port_when_another_ray_holds_the_fixed_one():
+    out = subprocess.run([sys.executable, "-c", AGENT_PORT], env=fresh_env(uuid.uuid4().hex),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["port"] > 0 and got["port"] != got["fixed"], got  # -1: it serves no HTTP
+    assert not got["retried"], "the agent waited for the fixed port (3.3 s on 2 cores)"

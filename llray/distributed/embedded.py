@@ -23,6 +23,7 @@ fixed half-second pause.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -48,8 +49,45 @@ def start(num_cpus: int, num_gpus: int | None, dashboard: bool) -> dict:
                   dashboard_host="127.0.0.1", log_to_driver=False)
     if num_gpus is not None:
         kwargs["num_gpus"] = num_gpus
-    with contextlib.nullcontext() if dashboard else _without(UNUSED_SERVICES):
+    with _agent_port_free(), contextlib.nullcontext() if dashboard else _without(
+            UNUSED_SERVICES):
         return ray.init(**kwargs).address_info
+
+
+@contextlib.contextmanager
+def _agent_port_free() -> Iterator[None]:
+    """While inside: a new node's dashboard agent serves HTTP on a port the system picks.
+
+    ``ray.init`` gives every new local node's dashboard agent the same fixed HTTP port
+    (52365). When another Ray on this machine holds it (a second llray command, a
+    test session, a ``ray start``), the agent retries with backoff and the raylet, which
+    waits for the agent, is registered 3.3 s later (measured on 2 cores), and the agent
+    then serves no HTTP at all. Port 0, which Ray's agent accepts, lets the system pick a
+    free port; Ray records the bound one for the dashboard and the job API. Where this
+    Ray release has no such default, nothing is changed.
+    """
+    try:
+        from ray._private import ray_constants
+        from ray._private.node import Node
+    except ImportError:
+        Node = None
+    fixed = getattr(ray_constants, "DEFAULT_DASHBOARD_AGENT_LISTEN_PORT", None) if Node else None
+    if fixed is None:
+        yield
+        return
+    init = Node.__dict__["__init__"]
+
+    @functools.wraps(init)
+    def __init__(self, ray_params, *args, **kwargs):
+        if getattr(ray_params, "dashboard_agent_listen_port", None) == fixed:
+            ray_params.dashboard_agent_listen_port = 0
+        init(self, ray_params, *args, **kwargs)
+
+    Node.__init__ = __init__
+    try:
+        yield
+    finally:
+        Node.__init__ = init
 
 
 @contextlib.contextmanager
