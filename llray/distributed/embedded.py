@@ -8,7 +8,9 @@ server behind the dashboard and the job API (started even with
 ``include_dashboard=False``; ``ray.init`` waits up to a second for it). Measured on a
 2-core machine they cost about 2 CPU-seconds at start, taken from the first runs, and
 ray.init waits for the API server. :func:`start` leaves them out, unless the dashboard is
-asked for: then it is Ray's own ``ray.init`` with the dashboard on 127.0.0.1.
+asked for: then it is Ray's own ``ray.init`` with the dashboard on 127.0.0.1. Either way
+the dashboard agent takes a free port, not Ray's fixed one, which another Ray on the
+machine may hold (:func:`_agent_port_free`).
 
 Leaving them out means skipping three of Ray's private start-up methods while
 ``ray.init`` runs. Where this Ray release does not have them under these names,
@@ -49,8 +51,8 @@ def start(num_cpus: int, num_gpus: int | None, dashboard: bool) -> dict:
                   dashboard_host="127.0.0.1", log_to_driver=False)
     if num_gpus is not None:
         kwargs["num_gpus"] = num_gpus
-    with _agent_port_free(), contextlib.nullcontext() if dashboard else _without(
-            UNUSED_SERVICES):
+    lean = contextlib.nullcontext() if dashboard else _without(UNUSED_SERVICES)
+    with _agent_port_free(), lean:
         return ray.init(**kwargs).address_info
 
 
@@ -70,12 +72,13 @@ def _agent_port_free() -> Iterator[None]:
         from ray._private import ray_constants
         from ray._private.node import Node
     except ImportError:
-        Node = None
-    fixed = getattr(ray_constants, "DEFAULT_DASHBOARD_AGENT_LISTEN_PORT", None) if Node else None
-    if fixed is None:
+        yield  # another Ray release: its own ports
+        return
+    fixed = getattr(ray_constants, "DEFAULT_DASHBOARD_AGENT_LISTEN_PORT", None)
+    init = Node.__dict__.get("__init__")
+    if fixed is None or init is None:
         yield
         return
-    init = Node.__dict__["__init__"]
 
     @functools.wraps(init)
     def __init__(self, ray_params, *args, **kwargs):
