@@ -47,10 +47,17 @@ from llray.data import TaskStream
 Order = tuple[int, ...]
 
 
-def _class_means(x: torch.Tensor, y: torch.Tensor) -> dict[int, torch.Tensor]:
-    """Mean flattened input per label (float64)."""
-    flat = x.reshape(len(x), -1).to(torch.float64)
-    return {int(c): flat[y == c].mean(dim=0) for c in torch.unique(y)}
+def _class_means(x: torch.Tensor, y: torch.Tensor) -> tuple[dict[int, torch.Tensor],
+                                                             torch.Tensor]:
+    """Mean flattened input per label and over the task (float64; one label's inputs
+    converted at a time, so a large task is never copied whole)."""
+    flat = x.reshape(len(x), -1)
+    means, total = {}, torch.zeros(flat.shape[1], dtype=torch.float64)
+    for c in torch.unique(y):
+        rows = flat[y == c].to(torch.float64)
+        means[int(c)] = rows.mean(dim=0)
+        total += rows.sum(dim=0)
+    return means, total / len(flat)
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -61,7 +68,8 @@ def input_affinity(stream: TaskStream) -> np.ndarray:
     """``[T, T]`` similarity of the tasks' training inputs (symmetric, 1 on the diagonal
     for tasks with non-constant inputs): the mean over shared labels of the cosine
     similarity of the label's mean input in each task; the tasks' mean inputs when they
-    share no label. Uses the training split only (never validation or test).
+    share no label. Uses the training split only (never validation or test), as the
+    stream holds it (normalised floats, or uint8 pixels for image streams).
 
     Raises:
         ValueError: a task without training examples.
@@ -69,9 +77,7 @@ def input_affinity(stream: TaskStream) -> np.ndarray:
     tasks = sorted(stream.tasks, key=lambda t: t.id)
     if any(len(t.y_train) == 0 for t in tasks):
         raise ValueError("every task needs training examples to compare its inputs")
-    means = [_class_means(t.x_train, t.y_train) for t in tasks]
-    overall = [t.x_train.reshape(len(t.x_train), -1).to(torch.float64).mean(dim=0)
-               for t in tasks]
+    means, overall = zip(*(_class_means(t.x_train, t.y_train) for t in tasks))
     T = len(tasks)
     S = np.eye(T)
     for i, j in itertools.combinations(range(T), 2):
