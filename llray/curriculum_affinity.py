@@ -9,9 +9,9 @@ shared labels; tasks with no label in common are compared by their mean inputs.
 
 Which orders that favours follows Li & Hiratani, "Optimal task order for continual
 learning of multiple tasks" (ICML 2025): in their teacher-student analysis, and on the
-image streams they test, *adjacent tasks should be dissimilar* (learning a task right
-after a similar one overwrites it most; intermediate similarity is the most harmful,
-Lee, Goldt & Saxe, ICML 2021). :func:`affinity_scores` scores an order by the
+image streams they test, *adjacent tasks should be dissimilar* (in a related
+teacher-student analysis forgetting peaks at intermediate task similarity: Lee, Goldt &
+Saxe, ICML 2021). :func:`affinity_scores` scores an order by the
 similarity of its consecutive tasks, weighted towards the end of the order (what
 fine-tuning keeps is decided most by the tasks learned last), ``score(o) = -Σ_p w_p
 S[o_p, o_{p+1}]`` with ``w_p = γ^(T-2-p)``, ``γ`` = :data:`llray.curriculum_bo.RECENCY`
@@ -25,6 +25,11 @@ It costs no training beyond the search's own runs. The first-order transfer prob
 Taskonomy (Zamir et al., CVPR 2018: T single-task models, each tested on every task) was
 measured as the affinity instead and not kept: it costs one run's worth of training and
 did worse than the input affinity at every budget (docs/tuning.md).
+
+The affinity depends on the stream's training inputs only, so every study of a stream
+starts from the same order; what the search buys, on rotated digits (2x random search's
+top-10% rate and more at 2-6 full runs) and on split digits (less), is measured by
+``benchmarks/bench_curriculum_search.py`` and reported in docs/tuning.md.
 
 Example:
     >>> import numpy as np
