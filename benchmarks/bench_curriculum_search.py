@@ -56,6 +56,27 @@ Methods:
   Mallows-times-position kernels, Thompson sampling and a start of 3 spread orders were
   each no better there; ``--first-seed 60 --seeds 14`` repeats the
   measurement on those seeds;
+- ``gp-affinity``: the same GP search (``llray curriculum --search gp-affinity``) started
+  from one order chosen without training instead of 2 random ones: the order whose
+  consecutive tasks are least alike in their training inputs, the last pair weighing most
+  (:mod:`llray.curriculum_affinity`: cosine of class-mean inputs; "adjacent tasks should
+  be dissimilar", Li & Hiratani, ICML 2025). It costs nothing beyond its runs: the
+  affinity is computed from the stream's training inputs, the same for every run seed,
+  so every study of a stream starts from the same order;
+- ``gp-transfer``: the same, with the affinity measured by a first-order transfer probe
+  (Taskonomy, Zamir et al., CVPR 2018): T single-task models (one per task, trained from
+  scratch with the study's run seed) each tested on every task's validation split, the
+  similarity of tasks i and j the mean of the transfers i→j and j→i. The probe's T task
+  trainings (one full run) are charged to it out of the budget. (The single-task model
+  of task i is the first step of every run that starts with i, so the benchmark reads it
+  off such a run.) Measured and not kept: worse than ``gp-affinity`` at every budget on
+  the development seeds, which it trails by the run it pays for.
+  Both affinity searches were designed on study seeds 60-75 of rotated (16 seeds whose
+  full validation R matrices were cached; seeds 74-86 checked the design): the
+  recency-weighted "adjacent tasks unlike" score (the opposite sign, "adjacent tasks
+  alike", and scores of which tasks transfer most to the rest were anti-correlated with
+  test ACC there), a start of 1 order (2 or 3 were no better) and the input affinity
+  over the transfer probe. ``--first-seed 60 --seeds 16`` repeats it on those seeds;
 - ``informed`` (a reference, not a method): knows every order's mean test ACC over the
   *other* run seeds, runs its top orders and selects on validation: what a perfect model
   of the order's systematic effect would reach at that budget.
@@ -78,7 +99,7 @@ on load); the load average is printed because the ground truth takes longer on a
 machine.
 
 Run: python benchmarks/bench_curriculum_search.py [--seeds 40] [--first-seed 0]
-[--budgets 2 3 4 5 6 8 12 24]
+[--budgets 2 3 4 5 6 8 12 24] [--methods random gp gp-affinity ...]
 """
 
 from __future__ import annotations
@@ -99,6 +120,7 @@ import pandas as pd
 import torch
 
 from llray import taskonomy as tx
+from llray.curriculum_affinity import affinity_ranked, input_affinity
 from llray.curriculum_bo import MallowsGP, gp_search, precedence
 from llray.curriculum_search import RetentionModel, neighbours, search
 from llray.data import TaskStream, make_stream
@@ -115,7 +137,9 @@ SPLIT_DOMAIN = {
     "strategy": "naive",
     "search": {"order": "permutation"},
 }
-METHODS = ("random", "tpe", "local", "retention", "gp-acc", "gp", "informed")
+METHODS = ("random", "tpe", "local", "retention", "gp-acc", "gp", "gp-affinity",
+           "gp-transfer", "informed")
+RATIO_METHODS = ("gp", "gp-affinity", "gp-transfer", "gp-acc", "retention", "informed")
 Order = tuple[int, ...]
 
 
@@ -184,6 +208,23 @@ def pairs_for(study: StudySpec, stream: TaskStream, seed: int, cache: Path) -> p
     cache.parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(cache)
     return df
+
+
+def transfer_probe(study: StudySpec, stream: TaskStream, seed: int, cache: Path) -> np.ndarray:
+    """``[T, T]`` first-order transfer on validation with run seed ``seed`` (cached): row i
+    is the model trained on task i alone, tested on every task (column: task id). It is
+    the first step of any run that starts with i, read off the run of ``(i, others...)``."""
+    if cache.is_file():
+        return np.load(cache)
+    T = study.num_tasks
+    M = np.zeros((T, T))
+    for i in range(T):
+        order = (i, *[j for j in range(T) if j != i])
+        res = execute(replace(study.run_spec({"order": order}), seed=seed), stream)
+        M[i, list(order)] = res.R_val[1]  # R's columns follow the order's positions
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, M)
+    return M
 
 
 def pair_cost(T: int) -> int:
@@ -361,12 +402,23 @@ def bench_stream(name: str, study: StudySpec, args: argparse.Namespace, cache: P
     # what a perfect model of the orders' systematic effect would pick: the other seeds'
     # mean test ACC (leave one out), its top orders run on this seed, selected on validation
     informed = [(tests.sum(0) - tests[s]) / (S - 1) for s in range(S)]
+    S_in = input_affinity(stream)
+    by_input = affinity_ranked(S_in)[0]
+    probes = {i: transfer_probe(study, stream, s, cache / f"{name}_transfer_val_{s}.npy")
+              for i, s in enumerate(seeds) if "gp-transfer" in args.methods}
+    by_transfer = {i: affinity_ranked((M + M.T) / 2)[0] for i, M in probes.items()}
+    print(f"  input affinity (cosine of class-mean training inputs):\n"
+          f"{np.array2string(S_in, precision=2, prefix='    ')}\n"
+          f"  gp-affinity's first order: {by_input} (the same for every study seed); "
+          f"gp-transfer's: its probe of T single-task models per seed "
+          f"({T} task trainings, charged)")
     print(f"  {'budget':>6} {'(tasks)':>7} {'method':<10} {'runs':>4} {'top10%':>6} "
           f"{'95% CI':>11} {'best':>5} {'rank':>5} {'regret':>6}")
     for budget in args.budgets:
         rates = {}
-        for method in METHODS:
-            runs = budget if method != "retention" else (budget * T - pair_cost(T)) // T
+        for method in (m for m in METHODS if m in args.methods):
+            runs = (budget if method not in ("retention", "gp-transfer") else
+                    (budget * T - pair_cost(T)) // T if method == "retention" else budget - 1)
             if runs < 0 or (runs == 0 and method != "retention"):
                 continue
             ranks, regrets = [], []
@@ -382,6 +434,14 @@ def bench_stream(name: str, study: StudySpec, args: argparse.Namespace, cache: P
                     found = [o for o, _ in gp_search(v, T, runs, study_seed)]
                 elif method == "gp":  # ... and the validation ACC after each of its steps
                     found = [o for o, _ in gp_search(steps[s], T, runs, study_seed)]
+                    steps[s].save()
+                elif method == "gp-affinity":  # no training before its first run
+                    found = [o for o, _ in gp_search(steps[s], T, runs, study_seed,
+                                                     first=[by_input])]
+                    steps[s].save()
+                elif method == "gp-transfer":  # after its probe of T task trainings
+                    found = [o for o, _ in gp_search(steps[s], T, runs, study_seed,
+                                                     first=[by_transfer[s]])]
                     steps[s].save()
                 elif method == "informed":
                     found = [orders[i] for i in np.argsort(-informed[s], kind="stable")[:runs]]
@@ -405,10 +465,11 @@ def bench_stream(name: str, study: StudySpec, args: argparse.Namespace, cache: P
         for name_, base in (("random", rates.get("random", 0)), ("its expectation", expected)):
             if base <= 0:
                 continue
-            ratios = ", ".join(f"{m} {rates[m] / base:.2f}x" for m in
-                               ("gp", "gp-acc", "retention", "informed") if m in rates)
+            ratios = ", ".join(f"{m} {rates[m] / base:.2f}x" for m in RATIO_METHODS
+                               if m in rates)
             target = 2 * base
             verdict = ("2x exceeds 1: no method can meet it" if target > 1 else
+                       "informed reference not measured" if "informed" not in rates else
                        "2x exceeds the informed reference" if target > rates["informed"]
                        else "2x is within the informed reference")
             print(f"  {budget:>6} {'':>7} over {name_}: {ratios}; 2x = {target:.2f}, {verdict}")
@@ -426,6 +487,8 @@ def main() -> None:
     ap.add_argument("--budgets", type=int, nargs="+", default=[2, 3, 4, 5, 6, 7, 8, 10, 12, 24],
                     help="budgets in full runs' worth of task trainings (x T task trainings)")
     ap.add_argument("--streams", nargs="+", default=["rotated", "split-domain"])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                    help="the methods to measure (default: all)")
     ap.add_argument("--cache", default=tempfile.gettempdir(),
                     help="folder for the ground truth and pairwise runs (reused)")
     args = ap.parse_args()

@@ -288,8 +288,10 @@ def _steps(value: Measured, num_tasks: int) -> np.ndarray:
 
 def gp_search(evaluate: Callable[[Order], Measured], num_tasks: int, runs: int, seed: int,
               start: int = 2,
-              on_start: Callable[[list[Order]], None] | None = None) -> list[tuple[Order, float]]:
-    """Spend ``runs`` evaluations: ``start`` random orders, then each next order the one of
+              on_start: Callable[[list[Order]], None] | None = None,
+              first: Sequence[Sequence[int]] | None = None) -> list[tuple[Order, float]]:
+    """Spend ``runs`` evaluations: ``start`` random orders (or the given ``first`` ones),
+    then each next order the one of
     highest expected improvement over the best measured order under a GP fitted to what
     was measured so far (ties: the first in lexicographic order); each order at most once.
 
@@ -308,13 +310,16 @@ def gp_search(evaluate: Callable[[Order], Measured], num_tasks: int, runs: int, 
         start: random orders before the GP chooses.
         on_start: called with the start orders before they are evaluated (to run them
             in one batch).
+        first: the start orders instead of random ones (e.g. the top of
+            :func:`llray.curriculum_affinity.affinity_ranked`); ``start`` is then unused.
 
     Returns:
         ``(order, measured final value)`` in the order evaluated.
 
     Raises:
         ValueError: more than :data:`MAX_TASKS` tasks, ``runs`` outside ``1..T!``,
-            ``start`` < 1, or ``evaluate`` returned neither a number nor ``T + 1`` values.
+            ``start`` < 1, ``first`` empty, repeated or not orders of the T tasks, or
+            ``evaluate`` returned neither a number nor ``T + 1`` values.
     """
     if num_tasks > MAX_TASKS:
         raise ValueError(f"scoring all {num_tasks}! orders; at most {MAX_TASKS} tasks")
@@ -323,7 +328,11 @@ def gp_search(evaluate: Callable[[Order], Measured], num_tasks: int, runs: int, 
         raise ValueError(f"runs must be in 1..{len(orders)} and start >= 1, got runs={runs}, "
                          f"start={start}")
     rng = np.random.default_rng(seed)
-    first = [orders[i] for i in rng.choice(len(orders), size=min(start, runs), replace=False)]
+    if first is None:
+        first = [orders[i] for i in rng.choice(len(orders), size=min(start, runs),
+                                               replace=False)]
+    else:
+        first = _given_start(first, num_tasks)[:runs]
     if on_start is not None:
         on_start(first)
     seen: dict[Order, np.ndarray] = {o: _steps(evaluate(o), num_tasks) for o in first}
@@ -336,6 +345,21 @@ def gp_search(evaluate: Callable[[Order], Measured], num_tasks: int, runs: int, 
         left[pick] = False
         seen[orders[pick]] = _steps(evaluate(orders[pick]), num_tasks)
     return [(o, float(v[-1])) for o, v in seen.items()]
+
+
+def _given_start(first: Sequence[Sequence[int]], num_tasks: int) -> list[Order]:
+    """The given start orders as tuples, checked.
+
+    Raises:
+        ValueError: none, a repeated one, or one that is not an order of the T tasks.
+    """
+    out = [tuple(int(x) for x in o) for o in first]
+    if not out or len(set(out)) != len(out):
+        raise ValueError(f"first must hold distinct orders (at least one), got {first}")
+    bad = [o for o in out if sorted(o) != list(range(num_tasks))]
+    if bad:
+        raise ValueError(f"first: {bad[0]} is not an order of the {num_tasks} tasks")
+    return out
 
 
 def _acquisition(seen: dict[Order, np.ndarray], cand: list[Order],

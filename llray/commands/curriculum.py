@@ -16,6 +16,9 @@ the taskonomy's orders as candidates (ones already in OUTPUT for this config are
 2 random orders, then each next order the one of highest expected improvement under a
 Gaussian process fitted to the validation ACC after every step of the runs so far (each
 prefix of a run informs the orders that end the same way; :mod:`llray.curriculum_bo`).
+``--search gp-affinity`` is the same search started, instead of from 2 random orders,
+from the order whose consecutive tasks are least alike in their training inputs
+(:mod:`llray.curriculum_affinity`; no training beyond the search's own runs).
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from llray.errors import ConfigError
 NAME = "curriculum"
 HELP = ("compare task orders (identity, random, taskonomy, tuned; --search: searched) on one "
         "stream and strategy")
-SEARCHES = ("retention", "gp")
+SEARCHES = ("retention", "gp", "gp-affinity")
+#: Searches that spend only their own runs (no pairwise runs unless --taskonomy).
+GP_SEARCHES = ("gp", "gp-affinity")
 DEFAULT_BUDGET = 6
 
 
@@ -53,7 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "best on validation; 'gp' (no pairwise runs) runs 2 random orders, "
                         "then the next by expected improvement under a GP fitted to the "
                         "validation ACC after every step of the runs so far (orders "
-                        "compared from their last tasks)")
+                        "compared from their last tasks); 'gp-affinity' is 'gp' started from "
+                        "the order whose consecutive tasks are least alike in their "
+                        "training inputs (no extra training)")
     p.add_argument("--search-budget", type=int, metavar="N",
                    help=f"orders the search runs, each with every seed (retention: after the "
                         f"pairwise runs; default {DEFAULT_BUDGET}; only with --search)")
@@ -149,7 +156,7 @@ def check_search(args: argparse.Namespace, num_tasks: int) -> int:
         raise ConfigError("--taskonomy", "contradicts --no-taskonomy; give one of them")
     if not args.search:
         if args.search_budget is not None:
-            raise ConfigError("--search-budget", "only with --search retention or gp")
+            raise ConfigError("--search-budget", f"only with --search {', '.join(SEARCHES)}")
         return 0
     if args.no_taskonomy and args.search == "retention":
         raise ConfigError("--no-taskonomy", "--search retention needs the taskonomy's "
@@ -168,11 +175,12 @@ def check_search(args: argparse.Namespace, num_tasks: int) -> int:
 def wants_taskonomy(args: argparse.Namespace) -> bool:
     """Whether to compute the taskonomy's pairwise runs when OUTPUT has none for this
     config: yes by default (they are the comparison's candidates and the retention
-    search's model), no with ``--no-taskonomy``, and no with ``--search gp`` unless
-    ``--taskonomy`` asks for them (a GP search costs only its own runs)."""
+    search's model), no with ``--no-taskonomy``, and no with ``--search gp`` or
+    ``gp-affinity`` unless ``--taskonomy`` asks for them (a GP search costs only its own
+    runs)."""
     if args.no_taskonomy:
         return False
-    return args.taskonomy or args.search != "gp"
+    return args.taskonomy or args.search not in GP_SEARCHES
 
 
 def _search(spec, cfg, stream, output, args, options, budget, others=()):
@@ -223,9 +231,11 @@ def _search(spec, cfg, stream, output, args, options, budget, others=()):
     if model is not None:
         run_orders([*model.ranked()[:min(3, budget)], *others])  # one sweep for all of them
         found = search(evaluate, model, budget)
-    else:  # the random start and the other candidates in one sweep, seeded by the stream
+    else:  # the start and the other candidates in one sweep; a random start: the stream's seed
         found = gp_search(evaluate, stream.num_tasks, budget, cfg.stream.seed,
-                          on_start=lambda first: run_orders([*first, *others]))
+                          on_start=lambda first: run_orders([*first, *others]),
+                          first=_affinity_start(stream) if args.search == "gp-affinity"
+                          else None)
     ok = {o: v for o, v in measured.items() if np.isfinite(v).any()}
     assessment = None  # every run of the searched orders failed: nothing to choose
     if ok:  # a seed whose run failed counts as ACC 0 for that order
@@ -243,6 +253,22 @@ def _search(spec, cfg, stream, output, args, options, budget, others=()):
         "acc_val": [v for _, v in found],
         "chosen": [o == chosen for o, _ in found]}))
     return failed, {f"search-{k}": o for k, (o, _) in enumerate(found, 1)}, assessment
+
+
+def _affinity_start(stream) -> list[tuple[int, ...]]:
+    """``--search gp-affinity``'s first order: consecutive tasks least alike in their
+    training inputs (printed with the affinity it came from)."""
+    import numpy as np
+
+    from llray.curriculum_affinity import affinity_ranked, input_affinity
+
+    S = input_affinity(stream)
+    first = affinity_ranked(S)[0]
+    print(f"curriculum: input affinity of the tasks (training inputs, cosine of class means):\n"
+          f"{np.array2string(S, precision=2)}\n"
+          f"  first order (consecutive tasks least alike): {' '.join(map(str, first))}",
+          file=sys.stderr)
+    return [first]
 
 
 def _retention_model(output, label, stream):
@@ -272,8 +298,8 @@ def _taskonomy(output, spec, seeds, stream, args) -> dict:
     if found is not None and set(found[0]["config"]) == {tx.describe(spec, seeds)}:
         aff, curr = found
     elif not wants_taskonomy(args):
-        if args.search == "gp" and not args.no_taskonomy:
-            print("taskonomy: not computed (--search gp spends only its own runs; "
+        if args.search in GP_SEARCHES and not args.no_taskonomy:
+            print(f"taskonomy: not computed (--search {args.search} spends only its own runs; "
                   "--taskonomy adds the taskonomy's orders as candidates)", file=sys.stderr)
         return {}
     else:
