@@ -73,6 +73,8 @@ SUFFIX_SCALES = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: The shortest prefix of a measured run that :func:`gp_search` fits (a single task's
 #: model is a poor guide to orders ending with it).
 MIN_PREFIX = 2
+#: Candidate orders scored at once (bounds the kernel matrices' memory).
+CHUNK = 50_000
 
 
 def precedence(orders: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:
@@ -186,7 +188,7 @@ class MallowsGP:
         """Expected improvement of each order over the best measured value."""
         mu, sd = self.posterior(orders)
         g = ((mu - self.mean) / self.scale - self.best) / (sd / self.scale)
-        return sd * (g * norm.cdf(g) + norm.pdf(g))
+        return _expected_improvement(sd, g)
 
 
 def suffix_codes(seqs: Sequence[Sequence[int]], num_tasks: int) -> np.ndarray:
@@ -260,12 +262,12 @@ class SuffixGP:
     def expected_improvement(self, seqs: Sequence[Sequence[int]], best: float) -> np.ndarray:
         """Expected improvement of each sequence's value over ``best`` (ACC units)."""
         mu, sd = self.posterior(seqs)
-        return _expected_improvement(mu, sd, best)
+        return _expected_improvement(sd, (mu - best) / sd)
 
 
-def _expected_improvement(mu: np.ndarray, sd: np.ndarray, best: float) -> np.ndarray:
-    """``E[max(Y - best, 0)]`` for ``Y ~ N(mu, sd²)`` (Jones, Schonlau & Welch 1998)."""
-    g = (mu - best) / sd
+def _expected_improvement(sd: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``E[max(Y - best, 0)]`` for ``Y ~ N(mu, sd²)`` given ``sd`` and ``g = (mu - best) /
+    sd`` (Jones, Schonlau & Welch 1998)."""
     return sd * (g * norm.cdf(g) + norm.pdf(g))
 
 
@@ -374,8 +376,7 @@ def _acquisition(seen: dict[Order, np.ndarray], cand: list[Order],
                 for i in range(MIN_PREFIX, num_tasks + 1) if np.isfinite(v[i])}
     if len(prefixes) > len(ok):  # step values were given: the GP over prefixes
         model = SuffixGP.fit(list(prefixes), list(prefixes.values()), num_tasks)
-        return np.concatenate([model.expected_improvement(cand[k:k + 50_000], best)
-                               for k in range(0, len(cand), 50_000)])
-    mallows = MallowsGP.fit(list(ok), [float(v[-1]) for v in ok.values()])
-    return np.concatenate([mallows.expected_improvement(cand[k:k + 50_000])
-                           for k in range(0, len(cand), 50_000)])
+        ei = lambda chunk: model.expected_improvement(chunk, best)  # noqa: E731
+    else:
+        ei = MallowsGP.fit(list(ok), [float(v[-1]) for v in ok.values()]).expected_improvement
+    return np.concatenate([ei(cand[k:k + CHUNK]) for k in range(0, len(cand), CHUNK)])
