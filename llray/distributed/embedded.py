@@ -86,11 +86,8 @@ def _agent_port_free() -> Iterator[None]:
             ray_params.dashboard_agent_listen_port = 0
         init(self, ray_params, *args, **kwargs)
 
-    Node.__init__ = __init__
-    try:
+    with _swapped(Node, {"__init__": __init__}):
         yield
-    finally:
-        Node.__init__ = init
 
 
 @contextlib.contextmanager
@@ -103,17 +100,25 @@ def _without(names: tuple[str, ...]) -> Iterator[None]:
     if Node is None or not all(callable(getattr(Node, n, None)) for n in names):
         yield  # another Ray release: its full start
         return
-    saved = {n: Node.__dict__.get(n) for n in names}
+    with _swapped(Node, dict.fromkeys(names, _skipped)):
+        yield
+
+
+@contextlib.contextmanager
+def _swapped(cls: type, replacements: dict[str, object]) -> Iterator[None]:
+    """While inside: ``cls``'s attributes ``replacements`` are set; afterwards each is
+    what it was (removed again where ``cls`` only inherited it)."""
+    saved = {n: cls.__dict__.get(n) for n in replacements}
     try:
-        for n in names:
-            setattr(Node, n, _skipped)
+        for n, value in replacements.items():
+            setattr(cls, n, value)
         yield
     finally:
-        for n, fn in saved.items():
-            if fn is None:
-                delattr(Node, n)
+        for n, value in saved.items():
+            if value is None:
+                delattr(cls, n)
             else:
-                setattr(Node, n, fn)
+                setattr(cls, n, value)
 
 
 def _skipped(self, *args, **kwargs) -> None:
