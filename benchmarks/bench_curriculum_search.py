@@ -417,8 +417,12 @@ def bench_stream(name: str, study: StudySpec, args: argparse.Namespace, cache: P
     for budget in args.budgets:
         rates = {}
         for method in (m for m in METHODS if m in args.methods):
-            runs = (budget if method not in ("retention", "gp-transfer") else
-                    (budget * T - pair_cost(T)) // T if method == "retention" else budget - 1)
+            if method == "retention":  # the pairwise runs come out of the budget
+                runs = (budget * T - pair_cost(T)) // T
+            elif method == "gp-transfer":  # so does the probe's run
+                runs = budget - 1
+            else:
+                runs = budget
             if runs < 0 or (runs == 0 and method != "retention"):
                 continue
             ranks, regrets = [], []
@@ -432,16 +436,14 @@ def bench_stream(name: str, study: StudySpec, args: argparse.Namespace, cache: P
                     found = run_local(v, orders, runs, study_seed)
                 elif method == "gp-acc":  # the GP sees each run's final ACC only
                     found = [o for o, _ in gp_search(v, T, runs, study_seed)]
-                elif method == "gp":  # ... and the validation ACC after each of its steps
-                    found = [o for o, _ in gp_search(steps[s], T, runs, study_seed)]
-                    steps[s].save()
-                elif method == "gp-affinity":  # no training before its first run
+                elif method in ("gp", "gp-affinity", "gp-transfer"):
+                    # ... and the validation ACC after each step of its runs; the affinity
+                    # searches start from their best-scored order (the input affinity's
+                    # needs no training, the transfer probe's its T task trainings)
+                    first = (None if method == "gp" else [by_input] if method == "gp-affinity"
+                             else [by_transfer[s]])
                     found = [o for o, _ in gp_search(steps[s], T, runs, study_seed,
-                                                     first=[by_input])]
-                    steps[s].save()
-                elif method == "gp-transfer":  # after its probe of T task trainings
-                    found = [o for o, _ in gp_search(steps[s], T, runs, study_seed,
-                                                     first=[by_transfer[s]])]
+                                                     first=first)]
                     steps[s].save()
                 elif method == "informed":
                     found = [orders[i] for i in np.argsort(-informed[s], kind="stable")[:runs]]
